@@ -74,6 +74,12 @@ pub struct Inbound {
     pub parent_peer_id: Option<String>,
     /// Exact platform conversation id to reply into (a DM channel id, a room id ...).
     pub chat_id: String,
+    /// Discord guild id, for `bindings[].match.guildId`.
+    pub guild_id: Option<String>,
+    /// Slack team id, for `bindings[].match.teamId`.
+    pub team_id: Option<String>,
+    /// The author's Discord role ids, for `bindings[].match.roles`.
+    pub member_roles: Vec<String>,
     /// Thread id (Mattermost root post id, Slack `thread_ts`, Matrix thread root event id).
     pub thread_id: Option<String>,
     /// The author.

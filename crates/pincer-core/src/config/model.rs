@@ -1,6 +1,7 @@
 //! The typed config model. Key names follow OpenClaw's `openclaw.json` (reference §3), in
 //! camelCase. `FooConfig` is the serde type; defaults are the reference's defaults unless a
-//! doc comment says otherwise. Unknown keys are rejected by validation (see `validate`).
+//! doc comment says otherwise. Unknown keys are rejected when loading (see `super::parse`);
+//! cross-field rules live in `semantic.rs` (`Config::validate`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,8 +53,9 @@ pub struct GatewayConfig {
     /// `local` or `remote` (accepted for OpenClaw compatibility; pincer always runs locally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<GatewayMode>,
-    /// TCP port of the control plane. Default 18789.
+    /// TCP port of the control plane, 1-65535. Default 18789.
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
     /// Bind address: `loopback` (127.0.0.1, default), `lan` (0.0.0.0), `auto` (= loopback),
     /// `custom` (uses `customBindHost`), or a literal IP address.
@@ -223,8 +225,9 @@ pub struct AgentDefaultsConfig {
     /// Run budget in seconds. Default 600.
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
-    /// Global cap on concurrent agent runs. Default 4.
+    /// Global cap on concurrent agent runs, at least 1. Default 4.
     #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1))]
     pub max_concurrent: u32,
     /// Number of transcript turns sent with each run. Default 50.
     #[serde(default = "default_history_limit")]
@@ -540,8 +543,9 @@ pub struct QueueConfig {
     /// Quiet window before a `collect` batch drains, in ms. Default 500.
     #[serde(default = "default_debounce_ms")]
     pub debounce_ms: u64,
-    /// Max queued messages per session; the oldest is dropped beyond it. Default 20.
+    /// Max queued messages per session, at least 1; the oldest is dropped beyond it. Default 20.
     #[serde(default = "default_cap")]
+    #[schemars(range(min = 1))]
     pub cap: u32,
     /// Per-channel mode overrides.
     #[serde(default)]
@@ -588,6 +592,9 @@ pub struct ChannelsConfig {
     /// Defaults shared by all channels.
     #[serde(default)]
     pub defaults: ChannelDefaultsConfig,
+    /// `channels.webhook` (pincer extension): outbound JSON webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<super::channels::WebhookChannelConfig>,
     /// Channel sections this build does not know yet, kept verbatim (validation warns).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -706,8 +713,9 @@ pub struct PluginEntryConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// Attempts before a row becomes `failed`. Default 8.
+    /// Attempts before a row becomes `failed`, at least 1. Default 8.
     #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// First retry delay in ms (doubles per attempt, ±20% jitter). Default 1000.
     #[serde(default = "default_initial_backoff_ms")]
