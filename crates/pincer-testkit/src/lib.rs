@@ -1,1 +1,10 @@
-//! TODO
+//! pincer-testkit: wire-level fakes for the tests of the whole workspace. Test-only
+//! (`publish = false`); nothing here runs in the gateway.
+//!
+//! - [`FakeLlm`]: a loopback server speaking the OpenAI Chat Completions and Anthropic
+//!   Messages wire formats, with a scriptable queue of [`Behaviour`]s and a record of every
+//!   request.
+
+pub mod fake_llm;
+
+pub use fake_llm::{Api, Behaviour, FakeLlm, RecordedRequest};
