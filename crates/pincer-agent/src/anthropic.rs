@@ -36,19 +36,12 @@ pub fn messages_url(base_url: &str) -> String {
 /// API has no `system` role inside `messages`, so the system prompt and any `system`
 /// messages are joined (blank line between) into the top-level `system` string.
 pub fn request_body(req: &RunRequest) -> Value {
-    let mut system: Vec<&str> = req
-        .system_prompt
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .into_iter()
-        .collect();
+    let mut system: Vec<&str> = req.system_prompt.as_deref().filter(|s| !s.is_empty()).into_iter().collect();
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         match m.role {
             Role::System => system.push(&m.content),
-            Role::User | Role::Assistant => {
-                messages.push(json!({"role": m.role.as_str(), "content": m.content}))
-            }
+            Role::User | Role::Assistant => messages.push(json!({"role": m.role.as_str(), "content": m.content})),
         }
     }
     let mut body = json!({
@@ -81,10 +74,7 @@ impl AnthropicProvider {
     /// # Errors
     /// [`AgentError::Config`] for an invalid header name/value or API key.
     pub fn new(id: &str, cfg: &ProviderConfig, http: reqwest::Client) -> Result<Self, AgentError> {
-        let base = cfg
-            .base_url
-            .as_deref()
-            .unwrap_or(ANTHROPIC_DEFAULT_BASE_URL);
+        let base = cfg.base_url.as_deref().unwrap_or(ANTHROPIC_DEFAULT_BASE_URL);
         let api_key = match cfg.api_key.as_deref().filter(|k| !k.is_empty()) {
             Some(k) => Some(secret_header(id, k)?),
             None => None,
@@ -121,21 +111,13 @@ impl Provider for AnthropicProvider {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<RunOutput, AgentError>> {
         Box::pin(async move {
-            let mut rb = self
-                .http
-                .post(&self.url)
-                .header("anthropic-version", ANTHROPIC_VERSION)
-                .json(&request_body(&req));
+            let mut rb =
+                self.http.post(&self.url).header("anthropic-version", ANTHROPIC_VERSION).json(&request_body(&req));
             if let Some(key) = &self.api_key {
                 rb = rb.header("x-api-key", key.clone());
             }
             let rb = rb.headers(self.headers.clone());
-            let d = guarded(
-                &cancel,
-                self.timeout,
-                execute(rb, AnthropicDecoder::new(), &deltas),
-            )
-            .await?;
+            let d = guarded(&cancel, self.timeout, execute(rb, AnthropicDecoder::new(), &deltas)).await?;
             Ok(RunOutput {
                 text: d.text,
                 stop_reason: d.stop_reason,
@@ -171,17 +153,10 @@ pub fn status_for_error_type(kind: &str) -> Option<u16> {
 pub fn error_from_body(v: &Value) -> AgentError {
     let err = &v["error"];
     let kind = err["type"].as_str().unwrap_or("");
-    let message = err["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| err.to_string());
+    let message = err["message"].as_str().map(str::to_string).unwrap_or_else(|| err.to_string());
     let message = snippet(format!("{kind}: {message}").as_bytes(), 512);
     match status_for_error_type(kind) {
-        Some(status) => AgentError::Http {
-            status,
-            body_snippet: message,
-            retry_after_ms: None,
-        },
+        Some(status) => AgentError::Http { status, body_snippet: message, retry_after_ms: None },
         None => AgentError::malformed(format!("error in a successful response: {message}")),
     }
 }
@@ -285,34 +260,24 @@ impl StreamDecoder for AnthropicDecoder {
         if !self.done {
             return Err(AgentError::malformed(TRUNCATED));
         }
-        Ok(Decoded {
-            text: self.text,
-            stop_reason: self.stop_reason,
-            usage: self.usage,
-        })
+        Ok(Decoded { text: self.text, stop_reason: self.stop_reason, usage: self.usage })
     }
 
     /// A non-streaming `message` object: the concatenated `text` of its `text` content
     /// blocks, `stop_reason` and `usage`; or an `error` object.
     fn decode_json(body: &[u8]) -> Result<Decoded, AgentError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| AgentError::malformed(format!("invalid JSON body: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| AgentError::malformed(format!("invalid JSON body: {e}")))?;
         if v["type"] == "error" || !v["error"].is_null() {
             return Err(error_from_body(&v));
         }
-        let blocks = v["content"]
-            .as_array()
-            .ok_or_else(|| AgentError::malformed("message has no content array"))?;
+        let blocks = v["content"].as_array().ok_or_else(|| AgentError::malformed("message has no content array"))?;
         let mut d = AnthropicDecoder::new();
         for b in blocks.iter().filter(|b| b["type"] == "text") {
             d.push(b["text"].as_str());
         }
         d.merge_usage(&v["usage"]);
-        Ok(Decoded {
-            text: d.text,
-            stop_reason: v["stop_reason"].as_str().map(str::to_string),
-            usage: d.usage,
-        })
+        Ok(Decoded { text: d.text, stop_reason: v["stop_reason"].as_str().map(str::to_string), usage: d.usage })
     }
 }
 
@@ -322,18 +287,12 @@ mod tests {
     use crate::types::ChatMessage;
 
     fn ev(name: &str, data: &str) -> SseEvent {
-        SseEvent {
-            event: Some(name.to_string()),
-            data: data.to_string(),
-        }
+        SseEvent { event: Some(name.to_string()), data: data.to_string() }
     }
 
     #[test]
     fn url_does_not_double_v1() {
-        assert_eq!(
-            messages_url("https://api.anthropic.com"),
-            "https://api.anthropic.com/v1/messages"
-        );
+        assert_eq!(messages_url("https://api.anthropic.com"), "https://api.anthropic.com/v1/messages");
         assert_eq!(messages_url("http://h:1/v1/"), "http://h:1/v1/messages");
     }
 
@@ -373,10 +332,7 @@ mod tests {
                 "content_block_delta",
                 r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"!"}}"#,
             ),
-            ev(
-                "content_block_stop",
-                r#"{"type":"content_block_stop","index":0}"#,
-            ),
+            ev("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
             ev(
                 "message_delta",
                 r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
@@ -388,41 +344,25 @@ mod tests {
         }
         assert_eq!(deltas, ["Hello", "!"]);
         assert!(!d.is_done());
-        d.on_event(&ev("message_stop", r#"{"type":"message_stop"}"#))
-            .unwrap();
+        d.on_event(&ev("message_stop", r#"{"type":"message_stop"}"#)).unwrap();
         assert!(d.is_done());
         let out = d.finish().unwrap();
         assert_eq!(out.text, "Hello!");
         assert_eq!(out.stop_reason.as_deref(), Some("end_turn"));
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 25,
-                output_tokens: 15
-            })
-        );
+        assert_eq!(out.usage, Some(Usage { input_tokens: 25, output_tokens: 15 }));
     }
 
     #[test]
     fn errors_and_truncation() {
         let mut d = AnthropicDecoder::new();
         let e = d
-            .on_event(&ev(
-                "error",
-                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            ))
+            .on_event(&ev("error", r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#))
             .unwrap_err();
         assert!(e.is_retryable(), "{e}");
         let e = d
-            .on_event(&ev(
-                "error",
-                r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
-            ))
+            .on_event(&ev("error", r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#))
             .unwrap_err();
         assert!(!e.is_retryable());
-        assert_eq!(
-            AnthropicDecoder::new().finish(),
-            Err(AgentError::malformed(TRUNCATED))
-        );
+        assert_eq!(AnthropicDecoder::new().finish(), Err(AgentError::malformed(TRUNCATED)));
     }
 }

@@ -57,13 +57,7 @@ impl Provider for EchoProvider {
             }
             let text = EchoProvider::reply(&req);
             let _ = deltas.send(text.clone()).await;
-            Ok(RunOutput {
-                text,
-                stop_reason: None,
-                usage: None,
-                model: req.model,
-                provider: self.id.clone(),
-            })
+            Ok(RunOutput { text, stop_reason: None, usage: None, model: req.model, provider: self.id.clone() })
         })
     }
 }

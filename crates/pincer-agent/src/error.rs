@@ -65,16 +65,12 @@ fn fmt_code(code: Option<i32>) -> String {
 impl AgentError {
     /// Shorthand for [`AgentError::Malformed`].
     pub fn malformed(detail: impl Into<String>) -> Self {
-        AgentError::Malformed {
-            detail: detail.into(),
-        }
+        AgentError::Malformed { detail: detail.into() }
     }
 
     /// Shorthand for [`AgentError::Config`].
     pub fn config(detail: impl Into<String>) -> Self {
-        AgentError::Config {
-            detail: detail.into(),
-        }
+        AgentError::Config { detail: detail.into() }
     }
 
     /// A transport error from reqwest, with its whole source chain in the message.
@@ -95,9 +91,7 @@ impl AgentError {
     /// back to the next model of the chain for all of them except cancellation).
     pub fn is_retryable(&self) -> bool {
         match self {
-            AgentError::Http { status, .. } => {
-                *status == 408 || *status == 429 || (500..=599).contains(status)
-            }
+            AgentError::Http { status, .. } => *status == 408 || *status == 429 || (500..=599).contains(status),
             AgentError::Transport(_) => true,
             AgentError::Malformed { .. }
             | AgentError::Timeout
@@ -160,10 +154,7 @@ pub fn retry_after_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<
     {
         return Some(ms as u64);
     }
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, now))
+    headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now))
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -197,10 +188,7 @@ mod tests {
         assert_eq!(parse_retry_after(&later, now), Some(90_000));
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(0));
-        assert_eq!(
-            parse_retry_after("99999999999999999999", now),
-            Some(u64::MAX)
-        );
+        assert_eq!(parse_retry_after("99999999999999999999", now), Some(u64::MAX));
     }
 
     #[test]
@@ -214,11 +202,7 @@ mod tests {
 
     #[test]
     fn retryability() {
-        let http = |status| AgentError::Http {
-            status,
-            body_snippet: String::new(),
-            retry_after_ms: None,
-        };
+        let http = |status| AgentError::Http { status, body_snippet: String::new(), retry_after_ms: None };
         for s in [408, 429, 500, 502, 503, 529] {
             assert!(http(s).is_retryable(), "{s}");
         }

@@ -68,28 +68,15 @@ impl ExecProvider {
     /// [`AgentError::Config`] when `command` is empty or its program is an empty string.
     pub fn new(id: &str, cfg: &ProviderConfig) -> Result<Self, AgentError> {
         if cfg.command.first().is_none_or(|p| p.is_empty()) {
-            return Err(AgentError::config(format!(
-                "provider {id}: api \"exec\" needs a non-empty command"
-            )));
+            return Err(AgentError::config(format!("provider {id}: api \"exec\" needs a non-empty command")));
         }
-        Ok(ExecProvider {
-            id: id.to_string(),
-            command: cfg.command.clone(),
-            timeout: timeout_of(cfg.timeout_seconds),
-        })
+        Ok(ExecProvider { id: id.to_string(), command: cfg.command.clone(), timeout: timeout_of(cfg.timeout_seconds) })
     }
 
-    async fn call(
-        &self,
-        req: &RunRequest,
-        cancel: &CancellationToken,
-    ) -> Result<String, AgentError> {
+    async fn call(&self, req: &RunRequest, cancel: &CancellationToken) -> Result<String, AgentError> {
         let program = &self.command[0];
-        let exec_err = |detail: String, code, stderr: &[u8]| AgentError::Exec {
-            detail,
-            code,
-            stderr: snippet(stderr, 512),
-        };
+        let exec_err =
+            |detail: String, code, stderr: &[u8]| AgentError::Exec { detail, code, stderr: snippet(stderr, 512) };
         let input = serde_json::to_vec(&stdin_json(req)).unwrap_or_default();
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(&self.command[1..])
@@ -99,9 +86,7 @@ impl ExecProvider {
             .kill_on_drop(true);
         #[cfg(unix)]
         cmd.process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| exec_err(format!("cannot start {program:?}: {e}"), None, b""))?;
+        let mut child = cmd.spawn().map_err(|e| exec_err(format!("cannot start {program:?}: {e}"), None, b""))?;
         let mut group = GroupGuard::new(child.id());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -115,12 +100,8 @@ impl ExecProvider {
                 }
             };
             let work = async {
-                let (_, out, err, status) = tokio::join!(
-                    write,
-                    read_capped(stdout, STDOUT_CAP),
-                    read_capped(stderr, STDERR_CAP),
-                    child.wait()
-                );
+                let (_, out, err, status) =
+                    tokio::join!(write, read_capped(stdout, STDOUT_CAP), read_capped(stderr, STDERR_CAP), child.wait());
                 (out, err, status)
             };
             tokio::select! {
@@ -141,16 +122,11 @@ impl ExecProvider {
             }
         };
         group.disarm();
-        let status =
-            status.map_err(|e| exec_err(format!("waiting for {program:?}: {e}"), None, &err))?;
+        let status = status.map_err(|e| exec_err(format!("waiting for {program:?}: {e}"), None, &err))?;
         if status.success() {
             return Ok(parse_stdout(&out));
         }
-        Err(exec_err(
-            format!("{program:?} {}", describe_status(status)),
-            status.code(),
-            &err,
-        ))
+        Err(exec_err(format!("{program:?} {}", describe_status(status)), status.code(), &err))
     }
 }
 
@@ -177,13 +153,7 @@ impl Provider for ExecProvider {
             if !text.is_empty() {
                 let _ = deltas.send(text.clone()).await;
             }
-            Ok(RunOutput {
-                text,
-                stop_reason: None,
-                usage: None,
-                model: req.model,
-                provider: self.id.clone(),
-            })
+            Ok(RunOutput { text, stop_reason: None, usage: None, model: req.model, provider: self.id.clone() })
         })
     }
 }

@@ -45,20 +45,13 @@ pub(crate) fn timeout_of(secs: Option<u64>) -> Duration {
 }
 
 /// The configured extra `headers`, validated.
-pub(crate) fn header_map(
-    provider: &str,
-    headers: &BTreeMap<String, String>,
-) -> Result<HeaderMap, AgentError> {
+pub(crate) fn header_map(provider: &str, headers: &BTreeMap<String, String>) -> Result<HeaderMap, AgentError> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-            AgentError::config(format!("provider {provider}: invalid header name {k:?}"))
-        })?;
-        let value = HeaderValue::from_str(v).map_err(|_| {
-            AgentError::config(format!(
-                "provider {provider}: invalid value for header {k:?}"
-            ))
-        })?;
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| AgentError::config(format!("provider {provider}: invalid header name {k:?}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| AgentError::config(format!("provider {provider}: invalid value for header {k:?}")))?;
         map.insert(name, value);
     }
     Ok(map)
@@ -66,11 +59,8 @@ pub(crate) fn header_map(
 
 /// A header value from config (an API key), validated.
 pub(crate) fn secret_header(provider: &str, value: &str) -> Result<HeaderValue, AgentError> {
-    let mut v = HeaderValue::from_str(value).map_err(|_| {
-        AgentError::config(format!(
-            "provider {provider}: apiKey is not a valid header value"
-        ))
-    })?;
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| AgentError::config(format!("provider {provider}: apiKey is not a valid header value")))?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -82,30 +72,20 @@ pub(crate) async fn execute<D: StreamDecoder>(
     mut decoder: D,
     deltas: &mpsc::Sender<String>,
 ) -> Result<Decoded, AgentError> {
-    let resp = request
-        .send()
-        .await
-        .map_err(|e| AgentError::from_reqwest(&e))?;
+    let resp = request.send().await.map_err(|e| AgentError::from_reqwest(&e))?;
     let status = resp.status();
     if !status.is_success() {
         let retry_after_ms = retry_after_from_headers(resp.headers(), SystemTime::now());
         // A failure to read the error body does not hide the status.
-        let body = read_capped(resp, ERROR_BODY_CAP)
-            .await
-            .map(|(b, _)| b)
-            .unwrap_or_default();
+        let body = read_capped(resp, ERROR_BODY_CAP).await.map(|(b, _)| b).unwrap_or_default();
         return Err(AgentError::Http {
             status: status.as_u16(),
             body_snippet: snippet(&body, SNIPPET_CHARS),
             retry_after_ms,
         });
     }
-    let content_type = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let content_type =
+        resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
 
     if content_type.starts_with("text/event-stream") {
         let mut stream = resp.bytes_stream();
@@ -132,9 +112,7 @@ pub(crate) async fn execute<D: StreamDecoder>(
 
     let (body, truncated) = read_capped(resp, JSON_BODY_CAP).await?;
     if truncated {
-        return Err(AgentError::malformed(format!(
-            "response body exceeds {JSON_BODY_CAP} bytes"
-        )));
+        return Err(AgentError::malformed(format!("response body exceeds {JSON_BODY_CAP} bytes")));
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if content_type.contains("json") || matches!(first, Some(b'{') | Some(b'[')) {
@@ -174,16 +152,9 @@ async fn decode_events<D: StreamDecoder>(
 }
 
 /// Reads at most `cap` bytes of the body; the flag says whether more was left.
-async fn read_capped(
-    mut resp: reqwest::Response,
-    cap: usize,
-) -> Result<(Vec<u8>, bool), AgentError> {
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<(Vec<u8>, bool), AgentError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| AgentError::from_reqwest(&e))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| AgentError::from_reqwest(&e))? {
         if body.len() + chunk.len() > cap {
             body.extend_from_slice(&chunk[..cap - body.len()]);
             return Ok((body, true));

@@ -31,8 +31,6 @@ pub use error::AgentError;
 pub use exec::ExecProvider;
 pub use openai::OpenAiProvider;
 pub use provider::{build_provider, BoxFuture, Provider};
-pub use runner::{
-    AgentRunner, ModelRef, ModelStatus, RetryPolicy, RunEventSink, ECHO_ONLY_MESSAGE,
-};
+pub use runner::{AgentRunner, ModelRef, ModelStatus, RetryPolicy, RunEventSink, ECHO_ONLY_MESSAGE};
 pub use silent::{is_silent, SILENT_TOKEN};
 pub use types::{ChatMessage, Role, RunEvent, RunOutput, RunRequest, Usage};

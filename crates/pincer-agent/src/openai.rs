@@ -105,12 +105,7 @@ impl Provider for OpenAiProvider {
                 rb = rb.header(AUTHORIZATION, auth.clone());
             }
             let rb = rb.headers(self.headers.clone());
-            let d = guarded(
-                &cancel,
-                self.timeout,
-                execute(rb, OpenAiDecoder::new(), &deltas),
-            )
-            .await?;
+            let d = guarded(&cancel, self.timeout, execute(rb, OpenAiDecoder::new(), &deltas)).await?;
             Ok(RunOutput {
                 text: d.text,
                 stop_reason: d.stop_reason,
@@ -190,22 +185,17 @@ impl StreamDecoder for OpenAiDecoder {
         if !self.done && self.finish_reason.is_none() {
             return Err(AgentError::malformed(TRUNCATED));
         }
-        Ok(Decoded {
-            text: self.text,
-            stop_reason: self.finish_reason,
-            usage: self.usage,
-        })
+        Ok(Decoded { text: self.text, stop_reason: self.finish_reason, usage: self.usage })
     }
 
     /// A `chat.completion` object: `choices[0].message.content`, `finish_reason`, `usage`.
     fn decode_json(body: &[u8]) -> Result<Decoded, AgentError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| AgentError::malformed(format!("invalid JSON body: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| AgentError::malformed(format!("invalid JSON body: {e}")))?;
         if has_error(&v) {
             return Err(error_from_body(&v));
         }
-        let choice = first_choice(&v)
-            .ok_or_else(|| AgentError::malformed("completion has no choices[0]"))?;
+        let choice = first_choice(&v).ok_or_else(|| AgentError::malformed("completion has no choices[0]"))?;
         Ok(Decoded {
             text: content_text(&choice["message"]["content"]).unwrap_or_default(),
             stop_reason: choice["finish_reason"].as_str().map(str::to_string),
@@ -220,10 +210,7 @@ fn has_error(v: &Value) -> bool {
 
 fn first_choice(v: &Value) -> Option<&Value> {
     let choices = v["choices"].as_array()?;
-    choices
-        .iter()
-        .find(|c| c["index"].as_u64().unwrap_or(0) == 0)
-        .filter(|c| c.is_object())
+    choices.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0).filter(|c| c.is_object())
 }
 
 /// `content` as a string, or the concatenated `text` of an array of content parts.
@@ -241,10 +228,7 @@ fn usage_of(v: &Value) -> Option<Usage> {
     if input.is_none() && output.is_none() {
         return None;
     }
-    Some(Usage {
-        input_tokens: input.unwrap_or(0),
-        output_tokens: output.unwrap_or(0),
-    })
+    Some(Usage { input_tokens: input.unwrap_or(0), output_tokens: output.unwrap_or(0) })
 }
 
 /// The error of a body `{"error": {"message", "type", "code"}}` inside a 2xx response. A
@@ -258,21 +242,15 @@ pub fn error_from_body(v: &Value) -> AgentError {
         .map(str::to_string)
         .or_else(|| err.as_str().map(str::to_string))
         .unwrap_or_else(|| err.to_string());
-    let as_status = |c: &Value| {
-        c.as_u64()
-            .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
-            .filter(|s| (400..=599).contains(s))
-    };
+    let as_status =
+        |c: &Value| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())).filter(|s| (400..=599).contains(s));
     match as_status(&err["code"]).or_else(|| as_status(&err["status"])) {
         Some(status) => AgentError::Http {
             status: status as u16,
             body_snippet: snippet(message.as_bytes(), 512),
             retry_after_ms: None,
         },
-        None => AgentError::malformed(format!(
-            "error in a successful response: {}",
-            snippet(message.as_bytes(), 512)
-        )),
+        None => AgentError::malformed(format!("error in a successful response: {}", snippet(message.as_bytes(), 512))),
     }
 }
 
@@ -282,18 +260,12 @@ mod tests {
     use crate::types::ChatMessage;
 
     fn data(s: &str) -> SseEvent {
-        SseEvent {
-            event: None,
-            data: s.to_string(),
-        }
+        SseEvent { event: None, data: s.to_string() }
     }
 
     #[test]
     fn url_is_base_plus_path() {
-        assert_eq!(
-            completions_url("http://127.0.0.1:11434/v1/"),
-            "http://127.0.0.1:11434/v1/chat/completions"
-        );
+        assert_eq!(completions_url("http://127.0.0.1:11434/v1/"), "http://127.0.0.1:11434/v1/chat/completions");
         assert_eq!(completions_url("http://h:1"), "http://h:1/chat/completions");
     }
 
@@ -334,43 +306,22 @@ mod tests {
         let out = d.finish().unwrap();
         assert_eq!(out.text, "Hello");
         assert_eq!(out.stop_reason.as_deref(), Some("stop"));
-        assert_eq!(
-            out.usage,
-            Some(Usage {
-                input_tokens: 3,
-                output_tokens: 2
-            })
-        );
+        assert_eq!(out.usage, Some(Usage { input_tokens: 3, output_tokens: 2 }));
     }
 
     #[test]
     fn truncation_and_errors() {
         let mut d = OpenAiDecoder::new();
-        d.on_event(&data(
-            r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#,
-        ))
-        .unwrap();
+        d.on_event(&data(r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#)).unwrap();
         assert_eq!(d.finish(), Err(AgentError::malformed(TRUNCATED)));
 
         let mut d = OpenAiDecoder::new();
-        let e = d
-            .on_event(&data(
-                r#"{"error":{"message":"boom","type":"server_error"}}"#,
-            ))
-            .unwrap_err();
+        let e = d.on_event(&data(r#"{"error":{"message":"boom","type":"server_error"}}"#)).unwrap_err();
         assert!(matches!(&e, AgentError::Malformed { detail } if detail.contains("boom")));
-        let e = d
-            .on_event(&data(r#"{"error":{"message":"slow down","code":429}}"#))
-            .unwrap_err();
+        let e = d.on_event(&data(r#"{"error":{"message":"slow down","code":429}}"#)).unwrap_err();
         assert!(e.is_retryable());
-        assert!(matches!(
-            d.on_event(&data("{nope")),
-            Err(AgentError::Malformed { .. })
-        ));
-        assert!(matches!(
-            d.on_event(&data("[1,2]")),
-            Err(AgentError::Malformed { .. })
-        ));
+        assert!(matches!(d.on_event(&data("{nope")), Err(AgentError::Malformed { .. })));
+        assert!(matches!(d.on_event(&data("[1,2]")), Err(AgentError::Malformed { .. })));
     }
 
     #[test]

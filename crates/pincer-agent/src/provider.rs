@@ -52,11 +52,7 @@ pub trait Provider: Send + Sync + 'static {
 /// # Errors
 /// [`AgentError::Config`] when the entry cannot work: an invalid header or API key, or an
 /// `exec` provider without a `command`.
-pub fn build_provider(
-    id: &str,
-    cfg: &ProviderConfig,
-    http: &reqwest::Client,
-) -> Result<Arc<dyn Provider>, AgentError> {
+pub fn build_provider(id: &str, cfg: &ProviderConfig, http: &reqwest::Client) -> Result<Arc<dyn Provider>, AgentError> {
     Ok(match cfg.api {
         ProviderApi::OpenaiCompletions => Arc::new(OpenAiProvider::new(id, cfg, http.clone())?),
         ProviderApi::AnthropicMessages => Arc::new(AnthropicProvider::new(id, cfg, http.clone())?),

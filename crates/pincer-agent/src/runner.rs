@@ -25,8 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What [`AgentRunner::describe`] says when every reply comes from the built-in echo agent.
-pub const ECHO_ONLY_MESSAGE: &str =
-    "no model configured; replies come from the built-in echo agent";
+pub const ECHO_ONLY_MESSAGE: &str = "no model configured; replies come from the built-in echo agent";
 
 /// Where [`AgentRunner::run`] streams a run's [`RunEvent`]s. Implemented for
 /// `mpsc::Sender<RunEvent>` (the full stream, resets included) and for
@@ -92,20 +91,9 @@ impl RetryPolicy {
     /// where `unit` is in `[-1, 1]` (clamped), and capped at `max_delay` again.
     pub fn backoff(&self, failed_attempt: u32, unit: f64) -> Duration {
         let exp = failed_attempt.saturating_sub(1).min(30);
-        let raw = self
-            .base_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.max_delay);
-        let unit = if unit.is_finite() {
-            unit.clamp(-1.0, 1.0)
-        } else {
-            0.0
-        };
-        let jitter = if self.jitter.is_finite() {
-            self.jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let raw = self.base_delay.saturating_mul(1u32 << exp).min(self.max_delay);
+        let unit = if unit.is_finite() { unit.clamp(-1.0, 1.0) } else { 0.0 };
+        let jitter = if self.jitter.is_finite() { self.jitter.clamp(0.0, 1.0) } else { 0.0 };
         raw.mul_f64(1.0 + jitter * unit).min(self.max_delay)
     }
 
@@ -143,14 +131,9 @@ impl ModelRef {
     /// [`AgentError::Config`] for a ref without `/` (other than `echo`) or with an empty part.
     pub fn parse(model_ref: &str) -> Result<Self, AgentError> {
         let (provider, model) = split_model_ref(model_ref).ok_or_else(|| {
-            AgentError::config(format!(
-                "invalid model ref {model_ref:?}: expected \"provider/model\""
-            ))
+            AgentError::config(format!("invalid model ref {model_ref:?}: expected \"provider/model\""))
         })?;
-        Ok(ModelRef {
-            provider: provider.to_string(),
-            model: model.to_string(),
-        })
+        Ok(ModelRef { provider: provider.to_string(), model: model.to_string() })
     }
 }
 
@@ -176,6 +159,24 @@ pub struct ModelStatus {
     pub message: Option<String>,
     /// Refs of the chain that cannot run, with the reason (unknown provider, broken config).
     pub problems: Vec<String>,
+}
+
+impl ModelStatus {
+    /// One line for operators: the echo-only message, or `provider/model (fallbacks: …)`.
+    pub fn summary(&self) -> String {
+        if let Some(m) = self.message.as_ref().filter(|_| self.echo_only) {
+            return m.clone();
+        }
+        let primary = self.primary.as_ref().map_or_else(|| "echo/echo".to_string(), |p| p.to_string());
+        let mut s = primary;
+        if !self.fallbacks.is_empty() {
+            s.push_str(&format!(" (fallbacks: {})", self.fallbacks.join(", ")));
+        }
+        if !self.problems.is_empty() {
+            s.push_str(&format!(" [problems: {}]", self.problems.join("; ")));
+        }
+        s
+    }
 }
 
 #[derive(Clone)]
@@ -218,19 +219,12 @@ impl AgentRunner {
             .map(|(id, cfg)| {
                 let entry = Entry {
                     provider: build_provider(id, cfg, &http),
-                    max_tokens: cfg
-                        .models
-                        .iter()
-                        .filter_map(|m| Some((m.id.clone(), m.max_tokens?)))
-                        .collect(),
+                    max_tokens: cfg.models.iter().filter_map(|m| Some((m.id.clone(), m.max_tokens?))).collect(),
                 };
                 (id.clone(), entry)
             })
             .collect();
-        AgentRunner {
-            providers: Arc::new(table),
-            retry: RetryPolicy::default(),
-        }
+        AgentRunner { providers: Arc::new(table), retry: RetryPolicy::default() }
     }
 
     /// Replaces the retry policy (tests use tiny delays).
@@ -241,13 +235,8 @@ impl AgentRunner {
 
     /// Adds or replaces the provider `id` with a custom implementation (tests, embedders).
     pub fn with_provider(mut self, id: impl Into<String>, provider: Arc<dyn Provider>) -> Self {
-        Arc::make_mut(&mut self.providers).insert(
-            id.into(),
-            Entry {
-                provider: Ok(provider),
-                max_tokens: BTreeMap::new(),
-            },
-        );
+        Arc::make_mut(&mut self.providers)
+            .insert(id.into(), Entry { provider: Ok(provider), max_tokens: BTreeMap::new() });
         self
     }
 
@@ -275,10 +264,7 @@ impl AgentRunner {
             problems: Vec::new(),
         };
         let Some((first, rest)) = chain.split_first() else {
-            return echo_status(Some(ModelRef {
-                provider: ECHO_PROVIDER.to_string(),
-                model: ECHO_MODEL.to_string(),
-            }));
+            return echo_status(Some(ModelRef { provider: ECHO_PROVIDER.to_string(), model: ECHO_MODEL.to_string() }));
         };
         let mut problems = Vec::new();
         let mut all_echo = true;
@@ -321,10 +307,7 @@ impl AgentRunner {
                 Ok((r, Target::Provider(p, max)))
             }
             None if r.provider == ECHO_PROVIDER => Ok((r, Target::BuiltinEcho)),
-            None => Err(AgentError::config(format!(
-                "unknown provider {:?} in model ref {model_ref:?}",
-                r.provider
-            ))),
+            None => Err(AgentError::config(format!("unknown provider {:?} in model ref {model_ref:?}", r.provider))),
         }
     }
 
@@ -417,9 +400,7 @@ impl AgentRunner {
                 };
                 dirty |= emitted;
                 let retry_in = if err.is_retryable() && attempt < self.retry.attempts {
-                    self.retry
-                        .delay_for(attempt, err.retry_after_ms())
-                        .filter(|d| Instant::now() + *d < deadline_at)
+                    self.retry.delay_for(attempt, err.retry_after_ms()).filter(|d| Instant::now() + *d < deadline_at)
                 } else {
                     None
                 };
@@ -441,21 +422,10 @@ impl AgentRunner {
 }
 
 /// The built-in echo, inline: no channel, no task, one allocation for the reply.
-async fn echo<S: RunEventSink>(
-    provider: &str,
-    model: &str,
-    req: &RunRequest,
-    events: &S,
-) -> RunOutput {
+async fn echo<S: RunEventSink>(provider: &str, model: &str, req: &RunRequest, events: &S) -> RunOutput {
     let text = EchoProvider::reply(req);
     events.send_event(RunEvent::Delta(text.clone())).await;
-    RunOutput {
-        text,
-        stop_reason: None,
-        usage: None,
-        model: model.to_string(),
-        provider: provider.to_string(),
-    }
+    RunOutput { text, stop_reason: None, usage: None, model: model.to_string(), provider: provider.to_string() }
 }
 
 /// One provider call, forwarding its deltas. Returns whether any delta was forwarded.
@@ -502,10 +472,7 @@ mod tests {
 
     impl Scripted {
         fn new(script: Vec<Result<&'static str, AgentError>>) -> Arc<Self> {
-            Arc::new(Scripted {
-                script: Mutex::new(script.into()),
-                calls: Mutex::new(Vec::new()),
-            })
+            Arc::new(Scripted { script: Mutex::new(script.into()), calls: Mutex::new(Vec::new()) })
         }
         fn calls(&self) -> Vec<Instant> {
             self.calls.lock().unwrap().clone()
@@ -550,18 +517,11 @@ mod tests {
     }
 
     fn http(status: u16, retry_after_ms: Option<u64>) -> AgentError {
-        AgentError::Http {
-            status,
-            body_snippet: String::new(),
-            retry_after_ms,
-        }
+        AgentError::Http { status, body_snippet: String::new(), retry_after_ms }
     }
 
     fn req() -> RunRequest {
-        RunRequest {
-            messages: vec![ChatMessage::user("hi")],
-            ..RunRequest::default()
-        }
+        RunRequest { messages: vec![ChatMessage::user("hi")], ..RunRequest::default() }
     }
 
     fn chain(refs: &[&str]) -> Vec<String> {
@@ -597,36 +557,21 @@ mod tests {
     #[test]
     fn model_refs() {
         let r = ModelRef::parse("openrouter/meta/llama-3").unwrap();
-        assert_eq!(
-            (r.provider.as_str(), r.model.as_str()),
-            ("openrouter", "meta/llama-3")
-        );
+        assert_eq!((r.provider.as_str(), r.model.as_str()), ("openrouter", "meta/llama-3"));
         assert_eq!(r.to_string(), "openrouter/meta/llama-3");
         assert_eq!(ModelRef::parse("echo").unwrap().to_string(), "echo/echo");
         for bad in ["gpt-4o", "/m", "p/", ""] {
-            assert!(
-                matches!(ModelRef::parse(bad), Err(AgentError::Config { .. })),
-                "{bad}"
-            );
+            assert!(matches!(ModelRef::parse(bad), Err(AgentError::Config { .. })), "{bad}");
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_honoured_exactly() {
         let s = Scripted::new(vec![Err(http(429, Some(7_000))), Ok("done")]);
-        let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new())
-            .with_provider("p", s.clone());
+        let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new()).with_provider("p", s.clone());
         let (tx, rx) = mpsc::channel::<RunEvent>(16);
-        let out = runner
-            .run(
-                &chain(&["p/m"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(600),
-            )
-            .await
-            .unwrap();
+        let out =
+            runner.run(&chain(&["p/m"]), req(), tx, CancellationToken::new(), Duration::from_secs(600)).await.unwrap();
         assert_eq!(out.text, "done");
         assert_eq!(out.model, "m");
         let calls = s.calls();
@@ -634,30 +579,17 @@ mod tests {
         assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
         assert_eq!(
             collect(rx).await,
-            vec![
-                RunEvent::Delta("partial".into()),
-                RunEvent::Reset,
-                RunEvent::Delta("done".into())
-            ]
+            vec![RunEvent::Delta("partial".into()), RunEvent::Reset, RunEvent::Delta("done".into())]
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_string_sink_gets_deltas_without_resets() {
         let s = Scripted::new(vec![Err(http(503, None)), Ok("done")]);
-        let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new())
-            .with_provider("p", s.clone());
+        let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new()).with_provider("p", s.clone());
         let (tx, mut rx) = mpsc::channel::<String>(16);
-        let out = runner
-            .run(
-                &chain(&["p/m"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(600),
-            )
-            .await
-            .unwrap();
+        let out =
+            runner.run(&chain(&["p/m"]), req(), tx, CancellationToken::new(), Duration::from_secs(600)).await.unwrap();
         assert_eq!(out.text, "done");
         let mut got = Vec::new();
         while let Some(d) = rx.recv().await {
@@ -668,28 +600,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exponential_backoff_between_attempts_then_fallback() {
-        let a = Scripted::new(vec![
-            Err(http(503, None)),
-            Err(http(503, None)),
-            Err(http(503, None)),
-        ]);
+        let a = Scripted::new(vec![Err(http(503, None)), Err(http(503, None)), Err(http(503, None))]);
         let b = Scripted::new(vec![Ok("from b")]);
         let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new())
-            .with_retry_policy(RetryPolicy {
-                jitter: 0.0,
-                ..RetryPolicy::default()
-            })
+            .with_retry_policy(RetryPolicy { jitter: 0.0, ..RetryPolicy::default() })
             .with_provider("a", a.clone())
             .with_provider("b", b.clone());
         let (tx, _rx) = mpsc::channel::<RunEvent>(16);
         let out = runner
-            .run(
-                &chain(&["a/x", "b/y"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(600),
-            )
+            .run(&chain(&["a/x", "b/y"]), req(), tx, CancellationToken::new(), Duration::from_secs(600))
             .await
             .unwrap();
         assert_eq!((out.text.as_str(), out.model.as_str()), ("from b", "y"));
@@ -710,13 +629,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel::<RunEvent>(16);
         let start = Instant::now();
         let out = runner
-            .run(
-                &chain(&["a/x", "b/y"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(600),
-            )
+            .run(&chain(&["a/x", "b/y"]), req(), tx, CancellationToken::new(), Duration::from_secs(600))
             .await
             .unwrap();
         assert_eq!(out.text, "b");
@@ -733,13 +646,7 @@ mod tests {
             .with_provider("b", b.clone());
         let (tx, _rx) = mpsc::channel::<RunEvent>(16);
         let err = runner
-            .run(
-                &chain(&["a/x", "nope/z", "b/y"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(600),
-            )
+            .run(&chain(&["a/x", "nope/z", "b/y"]), req(), tx, CancellationToken::new(), Duration::from_secs(600))
             .await
             .unwrap_err();
         assert_eq!(err, AgentError::malformed("x"));
@@ -755,13 +662,7 @@ mod tests {
             .with_provider("b", b.clone());
         let (tx, _rx) = mpsc::channel::<RunEvent>(16);
         let out = runner
-            .run(
-                &chain(&["a/x", "b/y"]),
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(10),
-            )
+            .run(&chain(&["a/x", "b/y"]), req(), tx, CancellationToken::new(), Duration::from_secs(10))
             .await
             .unwrap();
         assert_eq!(out.text, "b");
@@ -769,18 +670,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_and_cancel() {
-        let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new())
-            .with_provider("a", Scripted::new(vec![]));
+        let runner =
+            AgentRunner::new(&BTreeMap::new(), reqwest::Client::new()).with_provider("a", Scripted::new(vec![]));
         let (tx, _rx) = mpsc::channel::<RunEvent>(16);
         let start = Instant::now();
         let err = runner
-            .run(
-                &chain(&["a/x"]),
-                req(),
-                tx.clone(),
-                CancellationToken::new(),
-                Duration::from_secs(5),
-            )
+            .run(&chain(&["a/x"]), req(), tx.clone(), CancellationToken::new(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(err, AgentError::Timeout);
@@ -801,20 +696,8 @@ mod tests {
     async fn empty_chain_is_echo_and_describe_says_so() {
         let runner = AgentRunner::new(&BTreeMap::new(), reqwest::Client::new());
         let (tx, rx) = mpsc::channel::<RunEvent>(4);
-        let out = runner
-            .run(
-                &[],
-                req(),
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (out.text.as_str(), out.provider.as_str()),
-            ("echo: hi", "echo")
-        );
+        let out = runner.run(&[], req(), tx, CancellationToken::new(), Duration::from_secs(1)).await.unwrap();
+        assert_eq!((out.text.as_str(), out.provider.as_str()), ("echo: hi", "echo"));
         assert_eq!(collect(rx).await, vec![RunEvent::Delta("echo: hi".into())]);
         let s = runner.describe(&[]);
         assert!(s.echo_only);

@@ -15,8 +15,7 @@ fn is_wrapping(c: char) -> bool {
 /// whitespace and the wrapping characters above. Conservative on purpose: any other word
 /// (`"NO_REPLY because …"`, `"no reply"`) makes the reply visible.
 pub fn is_silent(text: &str) -> bool {
-    text.trim_matches(is_wrapping)
-        .eq_ignore_ascii_case(SILENT_TOKEN)
+    text.trim_matches(is_wrapping).eq_ignore_ascii_case(SILENT_TOKEN)
 }
 
 #[cfg(test)]

@@ -118,10 +118,7 @@ impl SseParser {
         let event = self.event.take();
         if self.has_data {
             self.has_data = false;
-            out.push(SseEvent {
-                event,
-                data: std::mem::take(&mut self.data),
-            });
+            out.push(SseEvent { event, data: std::mem::take(&mut self.data) });
         }
     }
 
@@ -220,30 +217,18 @@ mod tests {
     }
 
     fn ev(event: Option<&str>, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.map(str::to_string),
-            data: data.to_string(),
-        }
+        SseEvent { event: event.map(str::to_string), data: data.to_string() }
     }
 
     #[test]
     fn basic_events_and_line_ends() {
         let got = parse_all(&[b"data: a\n\nevent: x\r\ndata: b\r\n\r\ndata:c\r\rdata:  d\n\n"]);
-        assert_eq!(
-            got,
-            vec![
-                ev(None, "a"),
-                ev(Some("x"), "b"),
-                ev(None, "c"),
-                ev(None, " d")
-            ]
-        );
+        assert_eq!(got, vec![ev(None, "a"), ev(Some("x"), "b"), ev(None, "c"), ev(None, " d")]);
     }
 
     #[test]
     fn multiline_data_comments_and_bom() {
-        let got =
-            parse_all(&[b"\xEF\xBB\xBF: hi\ndata: one\ndata\ndata: two\nid: 3\nretry: 9\n\n"]);
+        let got = parse_all(&[b"\xEF\xBB\xBF: hi\ndata: one\ndata\ndata: two\nid: 3\nretry: 9\n\n"]);
         assert_eq!(got, vec![ev(None, "one\n\ntwo")]);
     }
 

@@ -40,26 +40,17 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: Role::User,
-            content: content.into(),
-        }
+        ChatMessage { role: Role::User, content: content.into() }
     }
 
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: Role::Assistant,
-            content: content.into(),
-        }
+        ChatMessage { role: Role::Assistant, content: content.into() }
     }
 
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: Role::System,
-            content: content.into(),
-        }
+        ChatMessage { role: Role::System, content: content.into() }
     }
 }
 
@@ -81,11 +72,7 @@ pub struct RunRequest {
 impl RunRequest {
     /// The text of the last `user` message, if any.
     pub fn last_user_text(&self) -> Option<&str> {
-        self.messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
+        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str())
     }
 }
 

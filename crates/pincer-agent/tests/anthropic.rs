@@ -16,41 +16,21 @@ fn anthropic(fake: &FakeLlm) -> serde_json::Value {
 #[tokio::test]
 async fn streaming_reply() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::Reply {
-        text: "Hello from Claude".into(),
-        stream: true,
-        chunk_size: 5,
-    });
+    fake.push(Behaviour::Reply { text: "Hello from Claude".into(), stream: true, chunk_size: 5 });
     let r = runner(vec![("ant", anthropic(&fake))]);
     let mut req = ask("hi there");
     req.system_prompt = Some("You are terse.".into());
     req.messages.insert(0, ChatMessage::assistant("earlier"));
     req.messages.insert(0, ChatMessage::user("first"));
     req.messages.insert(0, ChatMessage::system("Also polite."));
-    let (out, events) = run_collect(
-        &r,
-        &["ant/claude-sonnet-4-5"],
-        req,
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, events) = run_collect(&r, &["ant/claude-sonnet-4-5"], req, CancellationToken::new(), MINUTE).await;
     let out = out.unwrap();
     assert_eq!(out.text, "Hello from Claude");
     assert_eq!(out.stop_reason.as_deref(), Some("end_turn"));
-    assert_eq!(
-        out.usage,
-        Some(Usage {
-            input_tokens: 9,
-            output_tokens: 3
-        })
-    );
+    assert_eq!(out.usage, Some(Usage { input_tokens: 9, output_tokens: 3 }));
     assert_eq!(
         events,
-        ["Hello", " from", " Clau", "de"]
-            .iter()
-            .map(|s| RunEvent::Delta(s.to_string()))
-            .collect::<Vec<_>>()
+        ["Hello", " from", " Clau", "de"].iter().map(|s| RunEvent::Delta(s.to_string())).collect::<Vec<_>>()
     );
 
     let reqs = fake.requests();
@@ -72,7 +52,8 @@ async fn streaming_reply() {
 #[tokio::test]
 async fn base_url_ending_in_v1_is_not_doubled() {
     let fake = FakeLlm::start().await;
-    let cfg = json!({"api": "anthropic-messages", "baseUrl": format!("{}/v1/", fake.anthropic_base_url()), "apiKey": "k"});
+    let cfg =
+        json!({"api": "anthropic-messages", "baseUrl": format!("{}/v1/", fake.anthropic_base_url()), "apiKey": "k"});
     let r = runner(vec![("ant", cfg)]);
     let (out, _) = run_collect(&r, &["ant/c"], ask("yo"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out.unwrap().text, "fake: yo");
@@ -84,8 +65,7 @@ async fn non_streaming_message_is_accepted() {
     let fake = FakeLlm::start().await;
     fake.push(Behaviour::reply_json("in one piece"));
     let r = runner(vec![("ant", anthropic(&fake))]);
-    let (out, events) =
-        run_collect(&r, &["ant/c"], ask("q"), CancellationToken::new(), MINUTE).await;
+    let (out, events) = run_collect(&r, &["ant/c"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out.unwrap().text, "in one piece");
     assert_eq!(events, vec![RunEvent::Delta("in one piece".into())]);
 }
@@ -97,15 +77,8 @@ async fn missing_api_key_is_a_401_and_not_retried() {
     let r = runner(vec![("ant", cfg)]);
     let (out, _) = run_collect(&r, &["ant/c"], ask("q"), CancellationToken::new(), MINUTE).await;
     match out {
-        Err(AgentError::Http {
-            status: 401,
-            body_snippet,
-            ..
-        }) => {
-            assert!(
-                body_snippet.contains("authentication_error"),
-                "{body_snippet}"
-            )
+        Err(AgentError::Http { status: 401, body_snippet, .. }) => {
+            assert!(body_snippet.contains("authentication_error"), "{body_snippet}")
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -115,12 +88,9 @@ async fn missing_api_key_is_a_401_and_not_retried() {
 #[tokio::test]
 async fn truncated_stream_is_malformed() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::Truncated {
-        partial_text: "cut sh".into(),
-    });
+    fake.push(Behaviour::Truncated { partial_text: "cut sh".into() });
     let r = runner(vec![("ant", anthropic(&fake))]);
-    let (out, events) =
-        run_collect(&r, &["ant/c"], ask("q"), CancellationToken::new(), MINUTE).await;
+    let (out, events) = run_collect(&r, &["ant/c"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out, Err(AgentError::malformed("truncated stream")));
     assert_eq!(streamed_text(&events), "cut sh");
 }
@@ -139,14 +109,9 @@ async fn overloaded_529_is_retried() {
 #[tokio::test]
 async fn error_event_in_a_200_stream_is_an_error() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::ErrorBody200 {
-        message: "Internal server error".into(),
-    });
+    fake.push(Behaviour::ErrorBody200 { message: "Internal server error".into() });
     let p = AnthropicProvider::new("ant", &provider(anthropic(&fake)), http()).unwrap();
-    let req = RunRequest {
-        model: "c".into(),
-        ..ask("q")
-    };
+    let req = RunRequest { model: "c".into(), ..ask("q") };
     let (out, _) = provider_collect(&p, req, CancellationToken::new()).await;
     match out {
         // `api_error` is documented as HTTP 500, hence retryable.

@@ -11,8 +11,7 @@ use tokio_util::sync::CancellationToken;
 async fn echo_provider_replies_with_the_last_user_message() {
     let p = EchoProvider::new("echo");
     let mut req = ask("first");
-    req.messages
-        .push(pincer_agent::ChatMessage::assistant("echo: first"));
+    req.messages.push(pincer_agent::ChatMessage::assistant("echo: first"));
     req.messages.push(pincer_agent::ChatMessage::user("second"));
     let (out, deltas) = provider_collect(&p, req, CancellationToken::new()).await;
     let out = out.unwrap();
@@ -23,26 +22,12 @@ async fn echo_provider_replies_with_the_last_user_message() {
 
 #[tokio::test]
 async fn echo_via_runner_empty_chain_bare_ref_and_configured_provider() {
-    let providers: BTreeMap<_, _> = [(
-        "parrot".to_string(),
-        provider(serde_json::json!({"api": "echo"})),
-    )]
-    .into();
+    let providers: BTreeMap<_, _> = [("parrot".to_string(), provider(serde_json::json!({"api": "echo"})))].into();
     let r = AgentRunner::new(&providers, http());
-    for chain in [
-        &[][..],
-        &["echo"][..],
-        &["echo/anything"][..],
-        &["parrot/x"][..],
-    ] {
-        let (out, events) =
-            run_collect(&r, chain, ask("hey"), CancellationToken::new(), MINUTE).await;
+    for chain in [&[][..], &["echo"][..], &["echo/anything"][..], &["parrot/x"][..]] {
+        let (out, events) = run_collect(&r, chain, ask("hey"), CancellationToken::new(), MINUTE).await;
         assert_eq!(out.unwrap().text, "echo: hey", "{chain:?}");
-        assert_eq!(
-            events,
-            vec![RunEvent::Delta("echo: hey".into())],
-            "{chain:?}"
-        );
+        assert_eq!(events, vec![RunEvent::Delta("echo: hey".into())], "{chain:?}");
     }
     assert!(r.describe(&[]).echo_only);
     assert!(r.describe(&["parrot/x".to_string()]).echo_only);

@@ -131,18 +131,11 @@ fn random_value(rng: &mut StdRng, depth: u32) -> Value {
         (_, 2) => json!(rng.gen_range(-3i64..700)),
         (_, 3) => json!(rng.gen::<f64>() * 1e3),
         (_, 4) => json!(STRINGS[rng.gen_range(0..STRINGS.len())]),
-        (_, 5) => Value::Array(
-            (0..rng.gen_range(0..3))
-                .map(|_| random_value(rng, depth - 1))
-                .collect(),
-        ),
+        (_, 5) => Value::Array((0..rng.gen_range(0..3)).map(|_| random_value(rng, depth - 1)).collect()),
         _ => {
             let mut m = Map::new();
             for _ in 0..rng.gen_range(0..5) {
-                m.insert(
-                    KEYS[rng.gen_range(0..KEYS.len())].into(),
-                    random_value(rng, depth - 1),
-                );
+                m.insert(KEYS[rng.gen_range(0..KEYS.len())].into(), random_value(rng, depth - 1));
             }
             Value::Object(m)
         }
@@ -184,9 +177,7 @@ fn random_event(rng: &mut StdRng) -> SseEvent {
         1 => mutated_payload(rng),
         _ => String::from_utf8_lossy(&sse_ish_bytes(rng)).into_owned(),
     };
-    let event = rng
-        .gen_bool(0.5)
-        .then(|| ["error", "message_stop", "ping", "x"][rng.gen_range(0..4)].to_string());
+    let event = rng.gen_bool(0.5).then(|| ["error", "message_stop", "ping", "x"][rng.gen_range(0..4)].to_string());
     SseEvent { event, data }
 }
 
@@ -203,9 +194,7 @@ fn drive<D: StreamDecoder>(mut d: D, events: &[SseEvent]) {
 fn decoders_survive_random_events() {
     let mut rng = StdRng::seed_from_u64(SEED ^ 1);
     for _ in 0..20_000 {
-        let events: Vec<SseEvent> = (0..rng.gen_range(0..8))
-            .map(|_| random_event(&mut rng))
-            .collect();
+        let events: Vec<SseEvent> = (0..rng.gen_range(0..8)).map(|_| random_event(&mut rng)).collect();
         drive(OpenAiDecoder::new(), &events);
         drive(AnthropicDecoder::new(), &events);
         // Every event alone, including past errors (decoders must stay total).

@@ -19,29 +19,15 @@ fn openai(fake: &FakeLlm) -> serde_json::Value {
 async fn streaming_reply_with_deltas_in_order() {
     let fake = FakeLlm::start().await;
     let text = "The quick brown fox jumps over the lazy dog, twice over.";
-    fake.push(Behaviour::Reply {
-        text: text.into(),
-        stream: true,
-        chunk_size: 3,
-    });
+    fake.push(Behaviour::Reply { text: text.into(), stream: true, chunk_size: 3 });
     let r = runner(vec![("oai", openai(&fake))]);
     let mut req = ask("hello");
     req.system_prompt = Some("be brief".into());
-    let (out, events) = run_collect(
-        &r,
-        &["oai/gpt-4o-mini"],
-        req,
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, events) = run_collect(&r, &["oai/gpt-4o-mini"], req, CancellationToken::new(), MINUTE).await;
     let out = out.unwrap();
     assert_eq!(out.text, text);
     assert_eq!(out.stop_reason.as_deref(), Some("stop"));
-    assert_eq!(
-        (out.provider.as_str(), out.model.as_str()),
-        ("oai", "gpt-4o-mini")
-    );
+    assert_eq!((out.provider.as_str(), out.model.as_str()), ("oai", "gpt-4o-mini"));
     let deltas: Vec<&str> = events
         .iter()
         .map(|e| match e {
@@ -71,14 +57,7 @@ async fn streaming_reply_with_deltas_in_order() {
 async fn default_behaviour_echoes_and_usage_is_read_when_sent() {
     let fake = FakeLlm::start().await;
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, events) = run_collect(
-        &r,
-        &["oai/m"],
-        ask("ping"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, events) = run_collect(&r, &["oai/m"], ask("ping"), CancellationToken::new(), MINUTE).await;
     let out = out.unwrap();
     assert_eq!(out.text, "fake: ping");
     assert_eq!(streamed_text(&events), "fake: ping");
@@ -89,8 +68,7 @@ async fn non_streaming_json_reply_is_accepted() {
     let fake = FakeLlm::start().await;
     fake.push(Behaviour::reply_json("whole answer"));
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, events) =
-        run_collect(&r, &["oai/m"], ask("q"), CancellationToken::new(), MINUTE).await;
+    let (out, events) = run_collect(&r, &["oai/m"], ask("q"), CancellationToken::new(), MINUTE).await;
     let out = out.unwrap();
     assert_eq!(out.text, "whole answer");
     assert_eq!(out.stop_reason.as_deref(), Some("stop"));
@@ -114,14 +92,7 @@ async fn max_tokens_comes_from_the_model_config() {
 async fn model_ids_with_slashes_split_at_the_first() {
     let fake = FakeLlm::start().await;
     let r = runner(vec![("router", openai(&fake))]);
-    let (out, _) = run_collect(
-        &r,
-        &["router/meta/llama-3.1-8b"],
-        ask("q"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, _) = run_collect(&r, &["router/meta/llama-3.1-8b"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out.unwrap().model, "meta/llama-3.1-8b");
     assert_eq!(fake.requests()[0].body["model"], "meta/llama-3.1-8b");
 }
@@ -131,17 +102,12 @@ async fn status_429_carries_retry_after() {
     let fake = FakeLlm::start().await;
     fake.push(Behaviour::status_retry_after(429, "7"));
     let p = OpenAiProvider::new("oai", &provider(openai(&fake)), http()).unwrap();
-    let req = RunRequest {
-        model: "m".into(),
-        ..ask("q")
-    };
+    let req = RunRequest { model: "m".into(), ..ask("q") };
     let (out, _) = provider_collect(&p, req, CancellationToken::new()).await;
     match out.unwrap_err() {
-        AgentError::Http {
-            status: 429,
-            retry_after_ms: Some(7000),
-            body_snippet,
-        } => assert!(body_snippet.contains("rate_limit"), "{body_snippet}"),
+        AgentError::Http { status: 429, retry_after_ms: Some(7000), body_snippet } => {
+            assert!(body_snippet.contains("rate_limit"), "{body_snippet}")
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -164,62 +130,26 @@ async fn retry_after_over_sixty_seconds_falls_over_at_once() {
     fake.push(Behaviour::reply("from b"));
     let r = runner(vec![("oai", openai(&fake))]);
     let started = Instant::now();
-    let (out, _) = run_collect(
-        &r,
-        &["oai/a", "oai/b"],
-        ask("q"),
-        CancellationToken::new(),
-        Duration::from_secs(600),
-    )
-    .await;
+    let (out, _) =
+        run_collect(&r, &["oai/a", "oai/b"], ask("q"), CancellationToken::new(), Duration::from_secs(600)).await;
     let out = out.unwrap();
     assert_eq!((out.text.as_str(), out.model.as_str()), ("from b", "b"));
     assert!(started.elapsed() < Duration::from_secs(30));
-    let models: Vec<_> = fake
-        .requests()
-        .iter()
-        .map(|r| r.body["model"].clone())
-        .collect();
+    let models: Vec<_> = fake.requests().iter().map(|r| r.body["model"].clone()).collect();
     assert_eq!(models, [json!("a"), json!("b")]);
 }
 
 #[tokio::test]
 async fn persistent_500_falls_back_to_the_second_model() {
     let fake = FakeLlm::start().await;
-    fake.push_all([
-        Behaviour::status(500),
-        Behaviour::status(502),
-        Behaviour::status(503),
-    ]);
+    fake.push_all([Behaviour::status(500), Behaviour::status(502), Behaviour::status(503)]);
     fake.push(Behaviour::reply("fallback answer"));
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, _) = run_collect(
-        &r,
-        &["oai/primary", "oai/backup"],
-        ask("q"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, _) = run_collect(&r, &["oai/primary", "oai/backup"], ask("q"), CancellationToken::new(), MINUTE).await;
     let out = out.unwrap();
-    assert_eq!(
-        (out.text.as_str(), out.model.as_str()),
-        ("fallback answer", "backup")
-    );
-    let models: Vec<_> = fake
-        .requests()
-        .iter()
-        .map(|r| r.body["model"].clone())
-        .collect();
-    assert_eq!(
-        models,
-        [
-            json!("primary"),
-            json!("primary"),
-            json!("primary"),
-            json!("backup")
-        ]
-    );
+    assert_eq!((out.text.as_str(), out.model.as_str()), ("fallback answer", "backup"));
+    let models: Vec<_> = fake.requests().iter().map(|r| r.body["model"].clone()).collect();
+    assert_eq!(models, [json!("primary"), json!("primary"), json!("primary"), json!("backup")]);
 }
 
 #[tokio::test]
@@ -227,14 +157,7 @@ async fn non_retryable_4xx_falls_back_without_retrying() {
     let fake = FakeLlm::start().await;
     fake.push(Behaviour::status(401));
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, _) = run_collect(
-        &r,
-        &["oai/a", "echo"],
-        ask("hi"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, _) = run_collect(&r, &["oai/a", "echo"], ask("hi"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out.unwrap().text, "echo: hi");
     assert_eq!(fake.request_count(), 1);
 }
@@ -244,46 +167,24 @@ async fn last_error_is_returned_when_every_model_fails() {
     let fake = FakeLlm::start().await;
     fake.set_default(Some(Behaviour::status(400)));
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, _) = run_collect(
-        &r,
-        &["oai/a", "oai/b"],
-        ask("q"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
-    assert!(
-        matches!(out, Err(AgentError::Http { status: 400, .. })),
-        "{out:?}"
-    );
+    let (out, _) = run_collect(&r, &["oai/a", "oai/b"], ask("q"), CancellationToken::new(), MINUTE).await;
+    assert!(matches!(out, Err(AgentError::Http { status: 400, .. })), "{out:?}");
     assert_eq!(fake.request_count(), 2);
 }
 
 #[tokio::test]
 async fn truncated_stream_is_malformed_and_partial_deltas_are_reset() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::Truncated {
-        partial_text: "half an ans".into(),
-    });
+    fake.push(Behaviour::Truncated { partial_text: "half an ans".into() });
     let r = runner(vec![("oai", openai(&fake))]);
-    let (out, events) =
-        run_collect(&r, &["oai/a"], ask("q"), CancellationToken::new(), MINUTE).await;
+    let (out, events) = run_collect(&r, &["oai/a"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out, Err(AgentError::malformed("truncated stream")));
     assert_eq!(streamed_text(&events), "half an ans");
 
     // With a fallback, the consumer is told to drop the partial text first.
-    fake.push(Behaviour::Truncated {
-        partial_text: "half".into(),
-    });
+    fake.push(Behaviour::Truncated { partial_text: "half".into() });
     fake.push(Behaviour::reply("whole"));
-    let (out, events) = run_collect(
-        &r,
-        &["oai/a", "oai/b"],
-        ask("q"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, events) = run_collect(&r, &["oai/a", "oai/b"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert_eq!(out.unwrap().text, "whole");
     assert!(events.contains(&RunEvent::Reset));
     assert_eq!(streamed_text(&events), "whole");
@@ -292,9 +193,7 @@ async fn truncated_stream_is_malformed_and_partial_deltas_are_reset() {
 #[tokio::test]
 async fn error_body_in_a_200_is_an_error() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::ErrorBody200 {
-        message: "model exploded".into(),
-    });
+    fake.push(Behaviour::ErrorBody200 { message: "model exploded".into() });
     let r = runner(vec![("oai", openai(&fake))]);
     let (out, _) = run_collect(&r, &["oai/a"], ask("q"), CancellationToken::new(), MINUTE).await;
     match out {
@@ -326,10 +225,8 @@ async fn cancel_during_hang_returns_cancelled_promptly() {
         cancel.cancel();
         Instant::now()
     };
-    let ((out, _), cancelled_at) = tokio::join!(
-        run_collect(&r, &["oai/a", "echo"], ask("q"), cancel.clone(), MINUTE),
-        canceller
-    );
+    let ((out, _), cancelled_at) =
+        tokio::join!(run_collect(&r, &["oai/a", "echo"], ask("q"), cancel.clone(), MINUTE), canceller);
     assert_eq!(out, Err(AgentError::Cancelled), "cancel does not fall back");
     assert!(cancelled_at.elapsed() < Duration::from_secs(1));
 }
@@ -337,17 +234,11 @@ async fn cancel_during_hang_returns_cancelled_promptly() {
 #[tokio::test]
 async fn cancel_stops_a_provider_mid_stream() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::SlowStream {
-        text: "x".repeat(1000),
-        gap: Duration::from_millis(20),
-    });
+    fake.push(Behaviour::SlowStream { text: "x".repeat(1000), gap: Duration::from_millis(20) });
     let p = OpenAiProvider::new("oai", &provider(openai(&fake)), http()).unwrap();
     let cancel = CancellationToken::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let req = RunRequest {
-        model: "m".into(),
-        ..ask("q")
-    };
+    let req = RunRequest { model: "m".into(), ..ask("q") };
     let run = p.run(req, tx, cancel.clone());
     let canceller = async {
         // The first delta proves the stream is flowing.
@@ -367,20 +258,11 @@ async fn deadline_gives_timeout() {
     fake.set_default(Some(Behaviour::Hang));
     let r = runner(vec![("oai", openai(&fake))]);
     let started = Instant::now();
-    let (out, _) = run_collect(
-        &r,
-        &["oai/a", "oai/b"],
-        ask("q"),
-        CancellationToken::new(),
-        Duration::from_millis(300),
-    )
-    .await;
+    let (out, _) =
+        run_collect(&r, &["oai/a", "oai/b"], ask("q"), CancellationToken::new(), Duration::from_millis(300)).await;
     assert_eq!(out, Err(AgentError::Timeout));
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
     assert_eq!(fake.request_count(), 1, "the hang ate the whole budget");
 }
 
@@ -389,21 +271,9 @@ async fn connection_refused_is_a_retryable_transport_error() {
     let fake = FakeLlm::start().await;
     let base = fake.base_url();
     fake.stop().await;
-    let p = OpenAiProvider::new(
-        "oai",
-        &provider(json!({"api": "openai-completions", "baseUrl": base})),
-        http(),
-    )
-    .unwrap();
-    let (out, _) = provider_collect(
-        &p,
-        RunRequest {
-            model: "m".into(),
-            ..ask("q")
-        },
-        CancellationToken::new(),
-    )
-    .await;
+    let p =
+        OpenAiProvider::new("oai", &provider(json!({"api": "openai-completions", "baseUrl": base})), http()).unwrap();
+    let (out, _) = provider_collect(&p, RunRequest { model: "m".into(), ..ask("q") }, CancellationToken::new()).await;
     let err = out.unwrap_err();
     assert!(matches!(err, AgentError::Transport(_)), "{err:?}");
     assert!(err.is_retryable());
@@ -415,10 +285,7 @@ async fn strict_fake_rejects_a_request_without_model() {
     let fake = FakeLlm::start().await;
     let p = OpenAiProvider::new("oai", &provider(openai(&fake)), http()).unwrap();
     let (out, _) = provider_collect(&p, ask("q"), CancellationToken::new()).await;
-    assert!(
-        matches!(out, Err(AgentError::Http { status: 400, .. })),
-        "{out:?}"
-    );
+    assert!(matches!(out, Err(AgentError::Http { status: 400, .. })), "{out:?}");
 }
 
 #[tokio::test]
@@ -428,14 +295,9 @@ async fn unknown_provider_and_bad_refs_fall_through_to_the_next_model() {
         json!({"api": "openai-completions", "baseUrl": "http://127.0.0.1:9", "headers": {"bad header": "x"}}),
     )]);
     assert_eq!(r.problems().len(), 1);
-    let (out, _) = run_collect(
-        &r,
-        &["ghost/m", "not-a-ref", "broken/m", "echo"],
-        ask("q"),
-        CancellationToken::new(),
-        MINUTE,
-    )
-    .await;
+    let (out, _) =
+        run_collect(&r, &["ghost/m", "not-a-ref", "broken/m", "echo"], ask("q"), CancellationToken::new(), MINUTE)
+            .await;
     assert_eq!(out.unwrap().text, "echo: q");
     let (out, _) = run_collect(&r, &["ghost/m"], ask("q"), CancellationToken::new(), MINUTE).await;
     assert!(matches!(out, Err(AgentError::Config { .. })), "{out:?}");

@@ -19,20 +19,11 @@ fn inbound(i: usize) -> Inbound {
         team_id: None,
         member_roles: vec![],
         thread_id: Some(format!("root{i}")),
-        author: Author {
-            id: "u1".into(),
-            name: Some("alice".into()),
-            is_bot: false,
-            is_self: false,
-        },
+        author: Author { id: "u1".into(), name: Some("alice".into()), is_bot: false, is_self: false },
         message_id: format!("m{i}"),
         text: "@pincer please summarise the thread".into(),
         ts_ms: 0,
-        mentions: MentionFacts {
-            native: true,
-            can_detect: true,
-            ..Default::default()
-        },
+        mentions: MentionFacts { native: true, can_detect: true, ..Default::default() },
     }
 }
 
@@ -46,10 +37,7 @@ fn config() -> Config {
             matcher: BindingMatchConfig {
                 channel: "discord".into(),
                 account_id: Some("*".into()),
-                peer: Some(BindingPeerConfig {
-                    kind: ChatKind::Channel,
-                    id: format!("d{i}"),
-                }),
+                peer: Some(BindingPeerConfig { kind: ChatKind::Channel, id: format!("d{i}") }),
                 guild_id: None,
                 team_id: None,
                 roles: None,
@@ -86,15 +74,10 @@ fn bench(c: &mut Criterion) {
             black_box(resolve_route(&cfg, &events[i]))
         })
     });
-    c.bench_function("wake decision", |b| {
-        b.iter(|| black_box(decide(&events[3], &policy, &patterns)))
-    });
+    c.bench_function("wake decision", |b| b.iter(|| black_box(decide(&events[3], &policy, &patterns))));
     c.bench_function("session key parse+format", |b| {
         b.iter(|| {
-            let p = SessionKey::parse(black_box(
-                "agent:main:matrix:channel:!AbC:example.org:thread:$ev",
-            ))
-            .unwrap();
+            let p = SessionKey::parse(black_box("agent:main:matrix:channel:!AbC:example.org:thread:$ev")).unwrap();
             black_box(p.format())
         })
     });

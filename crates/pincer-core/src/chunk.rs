@@ -29,10 +29,7 @@ pub fn chunk_text(text: &str, limit: usize) -> Vec<String> {
         }
         // Leave room for a closing fence: "\n```".
         let budget = limit - 4;
-        let byte_budget = rest
-            .char_indices()
-            .nth(budget)
-            .map_or(rest.len(), |(i, _)| i);
+        let byte_budget = rest.char_indices().nth(budget).map_or(rest.len(), |(i, _)| i);
         let window = &rest[..byte_budget];
         let cut = best_break(window);
         let (head, tail) = rest.split_at(cut);
@@ -96,10 +93,7 @@ mod tests {
     fn check(text: &str, limit: usize) -> Vec<String> {
         let chunks = chunk_text(text, limit);
         for c in &chunks {
-            assert!(
-                c.chars().count() <= limit.max(16),
-                "chunk over limit: {c:?}"
-            );
+            assert!(c.chars().count() <= limit.max(16), "chunk over limit: {c:?}");
             assert!(!c.trim().is_empty());
         }
         chunks

@@ -111,11 +111,7 @@ impl AccountId {
     /// Build an account id (trimmed; `default` when empty). Case is preserved.
     pub fn new(raw: &str) -> Self {
         let t = raw.trim();
-        AccountId(if t.is_empty() {
-            Self::DEFAULT.to_string()
-        } else {
-            t.to_string()
-        })
+        AccountId(if t.is_empty() { Self::DEFAULT.to_string() } else { t.to_string() })
     }
 }
 

@@ -72,14 +72,7 @@ pub fn resolve_route(cfg: &Config, inbound: &Inbound) -> Route {
         thread_id: inbound.thread_id.clone(),
         reply_to_id: None,
     };
-    Route {
-        agent_id,
-        session_key,
-        main_session_key,
-        matched_by,
-        binding_index,
-        delivery,
-    }
+    Route { agent_id, session_key, main_session_key, matched_by, binding_index, delivery }
 }
 
 fn kinds_match(want: ChatKind, got: ChatKind) -> bool {
@@ -95,11 +88,7 @@ fn binding_tier(b: &BindingConfig, inbound: &Inbound) -> Option<MatchedBy> {
     if b.kind.as_deref().is_some_and(|k| k != "route") {
         return None;
     }
-    if !m
-        .channel
-        .trim()
-        .eq_ignore_ascii_case(inbound.channel.as_str())
-    {
+    if !m.channel.trim().eq_ignore_ascii_case(inbound.channel.as_str()) {
         return None;
     }
     let account = inbound.account.as_str();
@@ -110,11 +99,7 @@ fn binding_tier(b: &BindingConfig, inbound: &Inbound) -> Option<MatchedBy> {
         None if account == crate::ids::AccountId::DEFAULT => false,
         None => return None,
     };
-    let mut tier = if account_explicit {
-        MatchedBy::Account
-    } else {
-        MatchedBy::Channel
-    };
+    let mut tier = if account_explicit { MatchedBy::Account } else { MatchedBy::Channel };
     if let Some(team) = &m.team_id {
         if inbound.team_id.as_deref() != Some(team.as_str()) {
             return None;
@@ -127,21 +112,13 @@ fn binding_tier(b: &BindingConfig, inbound: &Inbound) -> Option<MatchedBy> {
         }
         tier = MatchedBy::Guild;
         if let Some(roles) = &m.roles {
-            if !roles
-                .iter()
-                .any(|r| inbound.member_roles.iter().any(|have| have == r))
-            {
+            if !roles.iter().any(|r| inbound.member_roles.iter().any(|have| have == r)) {
                 return None;
             }
             tier = MatchedBy::GuildRoles;
         }
     } else if m.roles.as_ref().is_some_and(|r| !r.is_empty()) {
-        if !m
-            .roles
-            .iter()
-            .flatten()
-            .any(|r| inbound.member_roles.iter().any(|have| have == r))
-        {
+        if !m.roles.iter().flatten().any(|r| inbound.member_roles.iter().any(|have| have == r)) {
             return None;
         }
         tier = MatchedBy::GuildRoles;
@@ -187,9 +164,7 @@ fn dm_peer<'a>(cfg: &'a Config, inbound: &'a Inbound) -> &'a str {
     for (canonical, aliases) in &cfg.session.identity_links {
         for alias in aliases {
             let hit = match alias.split_once(':') {
-                Some((ch, id)) => {
-                    ch.eq_ignore_ascii_case(inbound.channel.as_str()) && id == inbound.peer_id
-                }
+                Some((ch, id)) => ch.eq_ignore_ascii_case(inbound.channel.as_str()) && id == inbound.peer_id,
                 None => alias == &inbound.peer_id,
             };
             if hit {
@@ -211,25 +186,13 @@ fn session_key_for(
     let mut key = String::with_capacity(96);
     match inbound.chat_kind {
         ChatKind::Direct => {
-            let scope = session_override
-                .and_then(|s| s.dm_scope)
-                .unwrap_or(cfg.session.dm_scope);
+            let scope = session_override.and_then(|s| s.dm_scope).unwrap_or(cfg.session.dm_scope);
             match scope {
                 DmScope::Main => key.push_str(main.as_str()),
-                DmScope::PerPeer => push_all(
-                    &mut key,
-                    &["agent:", agent.as_str(), ":direct:", dm_peer(cfg, inbound)],
-                ),
+                DmScope::PerPeer => push_all(&mut key, &["agent:", agent.as_str(), ":direct:", dm_peer(cfg, inbound)]),
                 DmScope::PerChannelPeer => push_all(
                     &mut key,
-                    &[
-                        "agent:",
-                        agent.as_str(),
-                        ":",
-                        inbound.channel.as_str(),
-                        ":direct:",
-                        dm_peer(cfg, inbound),
-                    ],
+                    &["agent:", agent.as_str(), ":", inbound.channel.as_str(), ":direct:", dm_peer(cfg, inbound)],
                 ),
                 DmScope::PerAccountChannelPeer => push_all(
                     &mut key,
@@ -247,9 +210,7 @@ fn session_key_for(
             }
         }
         kind @ (ChatKind::Group | ChatKind::Channel) => {
-            let scope = session_override
-                .and_then(|s| s.group_scope)
-                .unwrap_or(cfg.session.group_scope);
+            let scope = session_override.and_then(|s| s.group_scope).unwrap_or(cfg.session.group_scope);
             match scope {
                 GroupScope::Main => key.push_str(main.as_str()),
                 GroupScope::PerGroup => push_all(
@@ -300,10 +261,7 @@ mod tests {
             team_id: None,
             member_roles: vec![],
             thread_id: None,
-            author: Author {
-                id: "U1".into(),
-                ..Default::default()
-            },
+            author: Author { id: "U1".into(), ..Default::default() },
             message_id: "m1".into(),
             text: "hi".into(),
             ts_ms: 0,
@@ -311,22 +269,14 @@ mod tests {
         }
     }
 
-    fn binding(
-        agent: &str,
-        channel: &str,
-        account: Option<&str>,
-        peer: Option<(ChatKind, &str)>,
-    ) -> BindingConfig {
+    fn binding(agent: &str, channel: &str, account: Option<&str>, peer: Option<(ChatKind, &str)>) -> BindingConfig {
         BindingConfig {
             kind: None,
             agent_id: agent.into(),
             matcher: BindingMatchConfig {
                 channel: channel.into(),
                 account_id: account.map(Into::into),
-                peer: peer.map(|(kind, id)| BindingPeerConfig {
-                    kind,
-                    id: id.into(),
-                }),
+                peer: peer.map(|(kind, id)| BindingPeerConfig { kind, id: id.into() }),
                 guild_id: None,
                 team_id: None,
                 roles: None,
@@ -338,14 +288,8 @@ mod tests {
     /// Data-driven check: config tweak, event, expected (agent, key, matched_by).
     fn check(cfg: &Config, ev: &Inbound, agent: &str, key: &str, by: MatchedBy) {
         let r = resolve_route(cfg, ev);
-        assert_eq!(
-            (r.agent_id.as_str(), r.session_key.as_str(), r.matched_by),
-            (agent, key, by)
-        );
-        assert_eq!(
-            r.delivery.to, ev.chat_id,
-            "delivery target comes from the event"
-        );
+        assert_eq!((r.agent_id.as_str(), r.session_key.as_str(), r.matched_by), (agent, key, by));
+        assert_eq!(r.delivery.to, ev.chat_id, "delivery target comes from the event");
         assert_eq!(r.delivery.thread_id, ev.thread_id);
     }
 
@@ -355,68 +299,24 @@ mod tests {
         let ev = inbound("telegram", "default", ChatKind::Direct, "UserX");
         check(&cfg, &ev, "main", "agent:main:main", MatchedBy::Default);
         cfg.session.dm_scope = DmScope::PerPeer;
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:direct:UserX",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:direct:UserX", MatchedBy::Default);
         cfg.session.dm_scope = DmScope::PerChannelPeer;
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:telegram:direct:UserX",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:telegram:direct:UserX", MatchedBy::Default);
         cfg.session.dm_scope = DmScope::PerAccountChannelPeer;
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:telegram:default:direct:UserX",
-            MatchedBy::Default,
-        );
-        cfg.session
-            .identity_links
-            .insert("alice".into(), vec!["telegram:UserX".into()]);
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:telegram:default:direct:alice",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:telegram:default:direct:UserX", MatchedBy::Default);
+        cfg.session.identity_links.insert("alice".into(), vec!["telegram:UserX".into()]);
+        check(&cfg, &ev, "main", "agent:main:telegram:default:direct:alice", MatchedBy::Default);
     }
 
     #[test]
     fn groups_threads_and_case() {
         let mut cfg = Config::default();
         let mut ev = inbound("matrix", "default", ChatKind::Channel, "!RoOm:Example.org");
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:matrix:channel:!RoOm:Example.org",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:matrix:channel:!RoOm:Example.org", MatchedBy::Default);
         ev.thread_id = Some("$Root".into());
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:matrix:channel:!RoOm:Example.org:thread:$Root",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:matrix:channel:!RoOm:Example.org:thread:$Root", MatchedBy::Default);
         let ev = inbound("telegram", "default", ChatKind::Group, "-100");
-        check(
-            &cfg,
-            &ev,
-            "main",
-            "agent:main:telegram:group:-100",
-            MatchedBy::Default,
-        );
+        check(&cfg, &ev, "main", "agent:main:telegram:group:-100", MatchedBy::Default);
         cfg.session.group_scope = GroupScope::Main;
         check(&cfg, &ev, "main", "agent:main:main", MatchedBy::Default);
     }
@@ -428,41 +328,18 @@ mod tests {
                 binding("chan", "discord", Some("*"), None),
                 binding("acct", "discord", Some("work"), None),
                 binding("wild", "discord", Some("*"), Some((ChatKind::Channel, "*"))),
-                binding(
-                    "parent",
-                    "discord",
-                    Some("*"),
-                    Some((ChatKind::Channel, "P1")),
-                ),
+                binding("parent", "discord", Some("*"), Some((ChatKind::Channel, "P1"))),
                 binding("peer", "discord", Some("*"), Some((ChatKind::Group, "C1"))),
             ],
             ..Config::default()
         };
         let mut ev = inbound("discord", "work", ChatKind::Channel, "C1");
-        check(
-            &cfg,
-            &ev,
-            "peer",
-            "agent:peer:discord:channel:C1",
-            MatchedBy::Peer,
-        );
+        check(&cfg, &ev, "peer", "agent:peer:discord:channel:C1", MatchedBy::Peer);
         ev.peer_id = "C2".into();
         ev.parent_peer_id = Some("P1".into());
-        check(
-            &cfg,
-            &ev,
-            "parent",
-            "agent:parent:discord:channel:C2",
-            MatchedBy::ParentPeer,
-        );
+        check(&cfg, &ev, "parent", "agent:parent:discord:channel:C2", MatchedBy::ParentPeer);
         ev.parent_peer_id = None;
-        check(
-            &cfg,
-            &ev,
-            "wild",
-            "agent:wild:discord:channel:C2",
-            MatchedBy::PeerWildcard,
-        );
+        check(&cfg, &ev, "wild", "agent:wild:discord:channel:C2", MatchedBy::PeerWildcard);
         let ev = inbound("discord", "work", ChatKind::Direct, "U9");
         check(&cfg, &ev, "acct", "agent:acct:main", MatchedBy::Account);
         let ev = inbound("discord", "other", ChatKind::Direct, "U9");
@@ -473,10 +350,7 @@ mod tests {
 
     #[test]
     fn omitted_account_means_default_account_only() {
-        let cfg = Config {
-            bindings: vec![binding("ops", "mattermost", None, None)],
-            ..Config::default()
-        };
+        let cfg = Config { bindings: vec![binding("ops", "mattermost", None, None)], ..Config::default() };
         check(
             &cfg,
             &inbound("mattermost", "default", ChatKind::Direct, "u"),
@@ -496,14 +370,8 @@ mod tests {
     #[test]
     fn binding_session_override() {
         let mut b = binding("main", "slack", Some("*"), None);
-        b.session = Some(BindingSessionConfig {
-            dm_scope: Some(DmScope::PerPeer),
-            group_scope: None,
-        });
-        let cfg = Config {
-            bindings: vec![b],
-            ..Config::default()
-        };
+        b.session = Some(BindingSessionConfig { dm_scope: Some(DmScope::PerPeer), group_scope: None });
+        let cfg = Config { bindings: vec![b], ..Config::default() };
         check(
             &cfg,
             &inbound("slack", "default", ChatKind::Direct, "U1"),

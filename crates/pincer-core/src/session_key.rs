@@ -113,17 +113,10 @@ impl SessionKey {
 
     /// Parse and validate a key. Errors: [`SessionKeyError`].
     pub fn parse(raw: &str) -> Result<ParsedSessionKey, SessionKeyError> {
-        let rest = raw
-            .strip_prefix("agent:")
-            .ok_or_else(|| SessionKeyError::MissingPrefix(raw.to_string()))?;
-        let (agent, mut rest) = rest
-            .split_once(':')
-            .ok_or_else(|| SessionKeyError::Incomplete(raw.to_string()))?;
+        let rest = raw.strip_prefix("agent:").ok_or_else(|| SessionKeyError::MissingPrefix(raw.to_string()))?;
+        let (agent, mut rest) = rest.split_once(':').ok_or_else(|| SessionKeyError::Incomplete(raw.to_string()))?;
         if !AgentId::is_valid(agent) {
-            return Err(SessionKeyError::BadAgent {
-                agent: agent.to_string(),
-                key: raw.to_string(),
-            });
+            return Err(SessionKeyError::BadAgent { agent: agent.to_string(), key: raw.to_string() });
         }
         let mut thread = None;
         let mut topic = None;
@@ -139,12 +132,7 @@ impl SessionKey {
             return Err(SessionKeyError::Incomplete(raw.to_string()));
         }
         let scope = parse_scope(rest);
-        Ok(ParsedSessionKey {
-            agent: AgentId::new(agent),
-            scope,
-            thread,
-            topic,
-        })
+        Ok(ParsedSessionKey { agent: AgentId::new(agent), scope, thread, topic })
     }
 
     /// Qualify a client-supplied key: keys already starting with `agent:` are validated,
@@ -174,30 +162,18 @@ fn parse_scope(rest: &str) -> SessionScope {
     let t2 = parts.next();
     let t3 = parts.next();
     match (t1, t2, t3) {
-        (None, _, _) => SessionScope::Main {
-            main_key: t0.to_string(),
-        },
+        (None, _, _) => SessionScope::Main { main_key: t0.to_string() },
         (Some(p), _, _) if is_direct_token(t0) => {
             // `direct:<peer>` where the peer may contain ':'.
             let peer = &rest[t0.len() + 1..];
             let _ = p;
-            SessionScope::Direct {
-                channel: None,
-                account: None,
-                peer: peer.to_string(),
-            }
+            SessionScope::Direct { channel: None, account: None, peer: peer.to_string() }
         }
         (Some(t1), Some(_), _) if is_direct_token(t1) && !t0.is_empty() => {
             let peer = &rest[t0.len() + t1.len() + 2..];
-            SessionScope::Direct {
-                channel: Some(ChannelId::new(t0)),
-                account: None,
-                peer: peer.to_string(),
-            }
+            SessionScope::Direct { channel: Some(ChannelId::new(t0)), account: None, peer: peer.to_string() }
         }
-        (Some(t1), Some(t2), Some(_))
-            if is_direct_token(t2) && !t0.is_empty() && !t1.is_empty() =>
-        {
+        (Some(t1), Some(t2), Some(_)) if is_direct_token(t2) && !t0.is_empty() && !t1.is_empty() => {
             let peer = &rest[t0.len() + t1.len() + t2.len() + 3..];
             SessionScope::Direct {
                 channel: Some(ChannelId::new(t0)),
@@ -207,20 +183,10 @@ fn parse_scope(rest: &str) -> SessionScope {
         }
         (Some(t1), Some(_), _) if (t1 == "group" || t1 == "channel") && !t0.is_empty() => {
             let id = &rest[t0.len() + t1.len() + 2..];
-            let kind = if t1 == "group" {
-                ChatKind::Group
-            } else {
-                ChatKind::Channel
-            };
-            SessionScope::Group {
-                channel: ChannelId::new(t0),
-                kind,
-                id: id.to_string(),
-            }
+            let kind = if t1 == "group" { ChatKind::Group } else { ChatKind::Channel };
+            SessionScope::Group { channel: ChannelId::new(t0), kind, id: id.to_string() }
         }
-        _ => SessionScope::Other {
-            rest: rest.to_string(),
-        },
+        _ => SessionScope::Other { rest: rest.to_string() },
     }
 }
 
@@ -233,11 +199,7 @@ impl ParsedSessionKey {
         s.push(':');
         match &self.scope {
             SessionScope::Main { main_key } => s.push_str(main_key),
-            SessionScope::Direct {
-                channel,
-                account,
-                peer,
-            } => {
+            SessionScope::Direct { channel, account, peer } => {
                 if let Some(c) = channel {
                     s.push_str(c.as_str());
                     s.push(':');
@@ -295,33 +257,12 @@ mod tests {
     #[test]
     fn whole_grammar_round_trips() {
         let cases: &[(&str, SessionScope)] = &[
-            (
-                "agent:main:main",
-                SessionScope::Main {
-                    main_key: "main".into(),
-                },
-            ),
-            (
-                "agent:ops:home",
-                SessionScope::Main {
-                    main_key: "home".into(),
-                },
-            ),
-            (
-                "agent:main:direct:U123",
-                SessionScope::Direct {
-                    channel: None,
-                    account: None,
-                    peer: "U123".into(),
-                },
-            ),
+            ("agent:main:main", SessionScope::Main { main_key: "main".into() }),
+            ("agent:ops:home", SessionScope::Main { main_key: "home".into() }),
+            ("agent:main:direct:U123", SessionScope::Direct { channel: None, account: None, peer: "U123".into() }),
             (
                 "agent:main:telegram:direct:42",
-                SessionScope::Direct {
-                    channel: Some(ChannelId::new("telegram")),
-                    account: None,
-                    peer: "42".into(),
-                },
+                SessionScope::Direct { channel: Some(ChannelId::new("telegram")), account: None, peer: "42".into() },
             ),
             (
                 "agent:main:discord:work:direct:Alice",
@@ -363,25 +304,10 @@ mod tests {
                     peer: "@Bob:Example.org".into(),
                 },
             ),
-            (
-                "agent:main:webchat:7f3a",
-                SessionScope::Other {
-                    rest: "webchat:7f3a".into(),
-                },
-            ),
+            ("agent:main:webchat:7f3a", SessionScope::Other { rest: "webchat:7f3a".into() }),
             // A single token after the agent is always a main key.
-            (
-                "agent:main:webchat-7f3a",
-                SessionScope::Main {
-                    main_key: "webchat-7f3a".into(),
-                },
-            ),
-            (
-                "agent:main:cron:nightly",
-                SessionScope::Other {
-                    rest: "cron:nightly".into(),
-                },
-            ),
+            ("agent:main:webchat-7f3a", SessionScope::Main { main_key: "webchat-7f3a".into() }),
+            ("agent:main:cron:nightly", SessionScope::Other { rest: "cron:nightly".into() }),
         ];
         for (key, scope) in cases {
             let p = roundtrip(key);
@@ -398,19 +324,12 @@ mod tests {
         assert_eq!(p.thread.as_deref(), Some("$EvEnT"));
         assert_eq!(
             p.scope,
-            SessionScope::Group {
-                channel: ChannelId::new("matrix"),
-                kind: ChatKind::Channel,
-                id: "!R:ex.org".into()
-            }
+            SessionScope::Group { channel: ChannelId::new("matrix"), kind: ChatKind::Channel, id: "!R:ex.org".into() }
         );
         let p = roundtrip("agent:main:telegram:group:-100:topic:7");
         assert_eq!(p.topic.as_deref(), Some("7"));
         let p = roundtrip("agent:main:telegram:group:-100:topic:7:thread:9");
-        assert_eq!(
-            (p.topic.as_deref(), p.thread.as_deref()),
-            (Some("7"), Some("9"))
-        );
+        assert_eq!((p.topic.as_deref(), p.thread.as_deref()), (Some("7"), Some("9")));
     }
 
     #[test]
@@ -421,41 +340,18 @@ mod tests {
 
     #[test]
     fn bad_keys_are_errors() {
-        assert!(matches!(
-            SessionKey::parse("main"),
-            Err(SessionKeyError::MissingPrefix(_))
-        ));
-        assert!(matches!(
-            SessionKey::parse("agent:main"),
-            Err(SessionKeyError::Incomplete(_))
-        ));
-        assert!(matches!(
-            SessionKey::parse("agent:Main:x"),
-            Err(SessionKeyError::BadAgent { .. })
-        ));
-        assert!(matches!(
-            SessionKey::parse("agent:main:x:thread:"),
-            Err(SessionKeyError::Incomplete(_))
-        ));
-        assert!(matches!(
-            SessionKey::parse("agent::x"),
-            Err(SessionKeyError::BadAgent { .. })
-        ));
+        assert!(matches!(SessionKey::parse("main"), Err(SessionKeyError::MissingPrefix(_))));
+        assert!(matches!(SessionKey::parse("agent:main"), Err(SessionKeyError::Incomplete(_))));
+        assert!(matches!(SessionKey::parse("agent:Main:x"), Err(SessionKeyError::BadAgent { .. })));
+        assert!(matches!(SessionKey::parse("agent:main:x:thread:"), Err(SessionKeyError::Incomplete(_))));
+        assert!(matches!(SessionKey::parse("agent::x"), Err(SessionKeyError::BadAgent { .. })));
     }
 
     #[test]
     fn qualify_bare_keys() {
         let main = AgentId::default();
-        assert_eq!(
-            SessionKey::qualify("web-1", &main).unwrap().as_str(),
-            "agent:main:web-1"
-        );
-        assert_eq!(
-            SessionKey::qualify("agent:ops:main", &main)
-                .unwrap()
-                .as_str(),
-            "agent:ops:main"
-        );
+        assert_eq!(SessionKey::qualify("web-1", &main).unwrap().as_str(), "agent:main:web-1");
+        assert_eq!(SessionKey::qualify("agent:ops:main", &main).unwrap().as_str(), "agent:ops:main");
         assert!(SessionKey::qualify("agent:BAD KEY", &main).is_err());
         assert!(SessionKey::qualify("  ", &main).is_err());
     }

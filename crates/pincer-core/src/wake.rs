@@ -35,11 +35,7 @@ pub struct ImplicitMentions {
 
 impl Default for ImplicitMentions {
     fn default() -> Self {
-        ImplicitMentions {
-            reply_to_bot: true,
-            quoted_bot: true,
-            thread_participation: true,
-        }
+        ImplicitMentions { reply_to_bot: true, quoted_bot: true, thread_participation: true }
     }
 }
 
@@ -175,10 +171,7 @@ impl MentionPatterns {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let pats: Vec<String> = patterns
-            .into_iter()
-            .map(|p| format!("(?i){}", p.as_ref()))
-            .collect();
+        let pats: Vec<String> = patterns.into_iter().map(|p| format!("(?i){}", p.as_ref())).collect();
         if pats.is_empty() {
             return Ok(MentionPatterns(None));
         }
@@ -260,10 +253,7 @@ pub fn decide(inbound: &Inbound, policy: &WakePolicy, patterns: &MentionPatterns
         }
         MentionGate::Prefix(prefixes) => {
             let text = inbound.text.trim_start();
-            if prefixes
-                .iter()
-                .any(|p| !p.is_empty() && text.starts_with(p.as_str()))
-            {
+            if prefixes.iter().any(|p| !p.is_empty() && text.starts_with(p.as_str())) {
                 Wake(WakeReason::Onchar)
             } else {
                 mentioned().map_or(Drop(DropReason::OncharNotTriggered), Wake)
@@ -290,59 +280,32 @@ mod tests {
             team_id: None,
             member_roles: vec![],
             thread_id: None,
-            author: Author {
-                id: "u".into(),
-                ..Default::default()
-            },
+            author: Author { id: "u".into(), ..Default::default() },
             message_id: "m".into(),
             text: text.into(),
             ts_ms: 0,
-            mentions: MentionFacts {
-                can_detect: true,
-                ..mentions
-            },
+            mentions: MentionFacts { can_detect: true, ..mentions },
         }
     }
 
     fn group_policy(gate: MentionGate) -> WakePolicy {
-        WakePolicy {
-            group_policy: GroupPolicy::Open,
-            group_sender_allowed: true,
-            gate,
-            ..Default::default()
-        }
+        WakePolicy { group_policy: GroupPolicy::Open, group_sender_allowed: true, gate, ..Default::default() }
     }
 
     #[test]
     fn reply_to_bot_wakes_in_oncall_and_can_be_turned_off() {
-        let e = ev(
-            ChatKind::Channel,
-            "Looks good, thanks!",
-            MentionFacts {
-                reply_to_bot: true,
-                ..Default::default()
-            },
-        );
+        let e = ev(ChatKind::Channel, "Looks good, thanks!", MentionFacts { reply_to_bot: true, ..Default::default() });
         let mut p = group_policy(MentionGate::Required);
-        assert_eq!(
-            decide(&e, &p, &MentionPatterns::none()),
-            WakeDecision::Wake(WakeReason::ReplyToBot)
-        );
+        assert_eq!(decide(&e, &p, &MentionPatterns::none()), WakeDecision::Wake(WakeReason::ReplyToBot));
         p.implicit.reply_to_bot = false;
-        assert_eq!(
-            decide(&e, &p, &MentionPatterns::none()),
-            WakeDecision::Drop(DropReason::MissingMention)
-        );
+        assert_eq!(decide(&e, &p, &MentionPatterns::none()), WakeDecision::Drop(DropReason::MissingMention));
     }
 
     #[test]
     fn ladder_order_and_reasons() {
         let none = MentionPatterns::none();
         let plain = ev(ChatKind::Channel, "hello", MentionFacts::default());
-        assert_eq!(
-            decide(&plain, &group_policy(MentionGate::Off), &none),
-            WakeDecision::Wake(WakeReason::Always)
-        );
+        assert_eq!(decide(&plain, &group_policy(MentionGate::Off), &none), WakeDecision::Wake(WakeReason::Always));
         assert_eq!(
             decide(&plain, &group_policy(MentionGate::Required), &none),
             WakeDecision::Drop(DropReason::MissingMention)
@@ -352,50 +315,24 @@ mod tests {
             WakeDecision::Drop(DropReason::ChatmodeOff)
         );
         let pats = MentionPatterns::new(["\\bpincer\\b"]).unwrap();
-        let named = ev(
-            ChatKind::Channel,
-            "hey PINCER help",
-            MentionFacts::default(),
-        );
+        let named = ev(ChatKind::Channel, "hey PINCER help", MentionFacts::default());
         assert_eq!(
             decide(&named, &group_policy(MentionGate::Required), &pats),
             WakeDecision::Wake(WakeReason::Pattern)
         );
         let bang = ev(ChatKind::Channel, "!status", MentionFacts::default());
         let onchar = group_policy(MentionGate::Prefix(vec![">".into(), "!".into()]));
-        assert_eq!(
-            decide(&bang, &onchar, &none),
-            WakeDecision::Wake(WakeReason::Onchar)
-        );
-        assert_eq!(
-            decide(&plain, &onchar, &none),
-            WakeDecision::Drop(DropReason::OncharNotTriggered)
-        );
+        assert_eq!(decide(&bang, &onchar, &none), WakeDecision::Wake(WakeReason::Onchar));
+        assert_eq!(decide(&plain, &onchar, &none), WakeDecision::Drop(DropReason::OncharNotTriggered));
         let mut own = plain.clone();
         own.author.is_self = true;
-        assert_eq!(
-            decide(&own, &group_policy(MentionGate::Off), &none),
-            WakeDecision::Drop(DropReason::OwnMessage)
-        );
-        let mut bot = ev(
-            ChatKind::Channel,
-            "hi",
-            MentionFacts {
-                reply_to_bot: true,
-                ..Default::default()
-            },
-        );
+        assert_eq!(decide(&own, &group_policy(MentionGate::Off), &none), WakeDecision::Drop(DropReason::OwnMessage));
+        let mut bot = ev(ChatKind::Channel, "hi", MentionFacts { reply_to_bot: true, ..Default::default() });
         bot.author.is_bot = true;
         let mut p = group_policy(MentionGate::Required);
-        assert_eq!(
-            decide(&bot, &p, &none),
-            WakeDecision::Drop(DropReason::BotAuthor)
-        );
+        assert_eq!(decide(&bot, &p, &none), WakeDecision::Drop(DropReason::BotAuthor));
         p.allow_bots = AllowBots::Mentions;
-        assert_eq!(
-            decide(&bot, &p, &none),
-            WakeDecision::Drop(DropReason::BotAuthor)
-        );
+        assert_eq!(decide(&bot, &p, &none), WakeDecision::Drop(DropReason::BotAuthor));
         p.allow_bots = AllowBots::On;
         assert_eq!(
             decide(&bot, &p, &none),
@@ -404,16 +341,10 @@ mod tests {
         );
         let mut p = group_policy(MentionGate::Off);
         p.group_policy = GroupPolicy::Allowlist;
-        assert_eq!(
-            decide(&plain, &p, &none),
-            WakeDecision::Drop(DropReason::GroupNotAllowed)
-        );
+        assert_eq!(decide(&plain, &p, &none), WakeDecision::Drop(DropReason::GroupNotAllowed));
         p.group_listed = true;
         p.group_sender_allowed = false;
-        assert_eq!(
-            decide(&plain, &p, &none),
-            WakeDecision::Drop(DropReason::SenderNotAllowed)
-        );
+        assert_eq!(decide(&plain, &p, &none), WakeDecision::Drop(DropReason::SenderNotAllowed));
     }
 
     #[test]
@@ -421,35 +352,17 @@ mod tests {
         let none = MentionPatterns::none();
         let dm = ev(ChatKind::Direct, "hi", MentionFacts::default());
         let mut p = WakePolicy::default();
-        assert_eq!(
-            decide(&dm, &p, &none),
-            WakeDecision::Drop(DropReason::PairingRequired)
-        );
+        assert_eq!(decide(&dm, &p, &none), WakeDecision::Drop(DropReason::PairingRequired));
         p.dm_sender_allowed = true;
-        assert_eq!(
-            decide(&dm, &p, &none),
-            WakeDecision::Wake(WakeReason::Direct)
-        );
+        assert_eq!(decide(&dm, &p, &none), WakeDecision::Wake(WakeReason::Direct));
         p.dm_policy = DmPolicy::Disabled;
-        assert_eq!(
-            decide(&dm, &p, &none),
-            WakeDecision::Drop(DropReason::DmDisabled)
-        );
+        assert_eq!(decide(&dm, &p, &none), WakeDecision::Drop(DropReason::DmDisabled));
         p.dm_policy = DmPolicy::Allowlist;
         p.dm_sender_allowed = false;
-        assert_eq!(
-            decide(&dm, &p, &none),
-            WakeDecision::Drop(DropReason::DmNotAllowed)
-        );
+        assert_eq!(decide(&dm, &p, &none), WakeDecision::Drop(DropReason::DmNotAllowed));
         p.dm_policy = DmPolicy::Open;
-        assert_eq!(
-            decide(&dm, &p, &none),
-            WakeDecision::Wake(WakeReason::Direct)
-        );
+        assert_eq!(decide(&dm, &p, &none), WakeDecision::Wake(WakeReason::Direct));
         let empty = ev(ChatKind::Direct, "  ", MentionFacts::default());
-        assert_eq!(
-            decide(&empty, &p, &none),
-            WakeDecision::Drop(DropReason::Empty)
-        );
+        assert_eq!(decide(&empty, &p, &none), WakeDecision::Drop(DropReason::Empty));
     }
 }

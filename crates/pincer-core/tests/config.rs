@@ -17,29 +17,17 @@ fn test_env(name: &str) -> Option<String> {
 
 /// Non-empty trimmed lines of an expectation block.
 fn lines(expected: &str) -> Vec<String> {
-    expected
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    expected.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
 }
 
 /// `input` must fail to load with exactly `expected` (one error per line, in output order).
 #[track_caller]
 fn check_errors(input: &str, expected: &str) {
     match parse(input, &test_env) {
-        Ok(loaded) => panic!(
-            "expected errors, but it loaded; warnings: {:?}",
-            loaded.warnings
-        ),
+        Ok(loaded) => panic!("expected errors, but it loaded; warnings: {:?}", loaded.warnings),
         Err(errors) => {
             let got = errors.to_string();
-            assert_eq!(
-                lines(&got),
-                lines(expected),
-                "\n--- actual errors ---\n{got}\n"
-            );
+            assert_eq!(lines(&got), lines(expected), "\n--- actual errors ---\n{got}\n");
         }
     }
 }
@@ -51,12 +39,7 @@ fn check_ok(input: &str, expected_warnings: &str) -> Loaded {
         Err(errors) => panic!("expected it to load, got:\n{errors}"),
         Ok(loaded) => {
             let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-            assert_eq!(
-                got,
-                lines(expected_warnings),
-                "\n--- actual warnings ---\n{}\n",
-                got.join("\n")
-            );
+            assert_eq!(got, lines(expected_warnings), "\n--- actual warnings ---\n{}\n", got.join("\n"));
             loaded
         }
     }
@@ -67,10 +50,7 @@ fn empty_object_gives_defaults() {
     let loaded = check_ok("{}", "");
     assert_eq!(loaded.config, Config::default());
     assert_eq!(loaded.raw, json!({}));
-    assert_eq!(
-        loaded.hash,
-        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-    );
+    assert_eq!(loaded.hash, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
     let cfg = &loaded.config;
     assert_eq!(cfg.gateway.port, 18789);
     assert_eq!(cfg.gateway.bind, "loopback");
@@ -195,34 +175,19 @@ fn realistic_openclaw_config_loads_with_one_warning_per_ignored_key() {
     assert_eq!(cfg.default_agent_id().as_str(), "main");
     let ops = AgentId::new("ops");
     assert_eq!(cfg.agent_model_chain(&ops), ["openai/gpt-4o"]);
-    assert_eq!(
-        cfg.agent_model_chain(&AgentId::default()),
-        ["anthropic/claude-sonnet-4-5", "openai/gpt-4o"]
-    );
+    assert_eq!(cfg.agent_model_chain(&AgentId::default()), ["anthropic/claude-sonnet-4-5", "openai/gpt-4o"]);
     assert_eq!(cfg.agent_timeout_ms(&ops), 900_000);
     assert_eq!(cfg.queue_mode_for("discord"), QueueMode::Collect);
-    assert_eq!(
-        cfg.models.providers["openai"].api_key.as_deref(),
-        Some("sk-test")
-    );
-    assert_eq!(
-        cfg.models.providers["anthropic"].effective_base_url(),
-        Some("https://api.anthropic.com")
-    );
+    assert_eq!(cfg.models.providers["openai"].api_key.as_deref(), Some("sk-test"));
+    assert_eq!(cfg.models.providers["anthropic"].effective_base_url(), Some("https://api.anthropic.com"));
     assert_eq!(cfg.session.dm_scope, DmScope::PerChannelPeer);
     // Unsupported channels are kept verbatim (no substitution) for later adapters.
-    assert_eq!(
-        cfg.channels.other["telegram"]["botToken"],
-        "${TELEGRAM_BOT_TOKEN}"
-    );
+    assert_eq!(cfg.channels.other["telegram"]["botToken"], "${TELEGRAM_BOT_TOKEN}");
     assert!(cfg.channels.other.contains_key("discord"));
     // raw is what was typed: ignored keys removed, env substituted.
     assert!(loaded.raw.get("cron").is_none());
     assert!(get_path(&loaded.raw, "gateway.tls").is_none());
-    assert_eq!(
-        get_path(&loaded.raw, "gateway.auth.token"),
-        Some(&json!("gw-token"))
-    );
+    assert_eq!(get_path(&loaded.raw, "gateway.auth.token"), Some(&json!("gw-token")));
 }
 
 #[test]
@@ -295,10 +260,7 @@ fn enum_and_type_messages() {
     );
     check_errors("[1, 2]", "expected an object, got an array");
     check_errors("{gateway: null}", "gateway: expected an object, got null");
-    check_errors(
-        "{gateway: {port: 80.5}}",
-        "gateway.port: expected an integer 1-65535, got 80.5",
-    );
+    check_errors("{gateway: {port: 80.5}}", "gateway.port: expected an integer 1-65535, got 80.5");
 }
 
 #[test]
@@ -332,14 +294,8 @@ fn env_substitution() {
     );
     let cfg = &loaded.config;
     assert_eq!(cfg.gateway.auth.token.as_deref(), Some("gw-token"));
-    assert_eq!(
-        cfg.messages.response_prefix.as_deref(),
-        Some("${OPENAI_API_KEY} ${lower} $5 [sk-test]")
-    );
-    assert_eq!(
-        cfg.models.providers["o"].api_key.as_deref(),
-        Some("sk-test")
-    );
+    assert_eq!(cfg.messages.response_prefix.as_deref(), Some("${OPENAI_API_KEY} ${lower} $5 [sk-test]"));
+    assert_eq!(cfg.models.providers["o"].api_key.as_deref(), Some("sk-test"));
     assert_eq!(cfg.models.providers["o"].headers["X-Key"], "k-ak-test");
 
     check_errors(
@@ -358,10 +314,7 @@ fn env_substitution() {
         "#,
     );
     // Ignored sections are stripped before substitution, so their variables are not needed.
-    check_ok(
-        "{env: {vars: {A: '${UNSET_A}'}}}",
-        "env: section not supported by pincer; ignored",
-    );
+    check_ok("{env: {vars: {A: '${UNSET_A}'}}}", "env: section not supported by pincer; ignored");
 }
 
 #[test]
@@ -386,22 +339,19 @@ line", },
     );
     assert_eq!(loaded.config.gateway.port, 0x4A3B);
     assert_eq!(loaded.config.gateway.bind, "lan");
-    assert_eq!(
-        loaded.config.gateway.auth.token.as_deref(),
-        Some("multiline")
-    );
+    assert_eq!(loaded.config.gateway.auth.token.as_deref(), Some("multiline"));
     assert_eq!(loaded.config.agents.defaults.timeout_seconds, 30);
 
-    check_errors(
-        "{gateway: {port: 1,}",
-        "JSON5 syntax error at line 1, column 20: expected identifier or string",
-    );
+    check_errors("{gateway: {port: 1,}", "JSON5 syntax error at line 1, column 20: expected identifier or string");
     check_errors(
         "{\n  gateway: {\n    port: 1\n    bind: 'lan'\n  }\n}",
         // pest reports its furthest attempt: the right line, if not the clearest wording.
         "JSON5 syntax error at line 3, column 11: expected boolean, null, or string",
     );
-    check_errors("", "JSON5 syntax error at line 1, column 1: expected array, boolean, null, number, object, or string");
+    check_errors(
+        "",
+        "JSON5 syntax error at line 1, column 1: expected array, boolean, null, number, object, or string",
+    );
 }
 
 #[test]
@@ -461,20 +411,14 @@ fn semantic_errors() {
         "{gateway: {bind: '0.0.0.0', auth: {mode: 'none'}}}",
         r#"gateway.auth.mode: "none" is refused on a non-loopback bind (gateway.bind is "0.0.0.0"); use token auth or bind to loopback"#,
     );
-    check_errors(
-        "{gateway: {bind: 'custom'}}",
-        r#"gateway.customBindHost: required when gateway.bind is "custom""#,
-    );
+    check_errors("{gateway: {bind: 'custom'}}", r#"gateway.customBindHost: required when gateway.bind is "custom""#);
     check_errors(
         "{agents: {defaults: {model: 'openai/gpt-4o'}}}",
         r#"agents.defaults.model: unknown provider "openai" in "openai/gpt-4o" (not in models.providers; no providers are configured)"#,
     );
     // Loopback binds may run without auth; echo needs no provider; bindings may name main.
     check_ok("{gateway: {bind: '127.0.0.1', auth: {mode: 'none'}}}", "");
-    check_ok(
-        "{gateway: {bind: 'custom', customBindHost: '::1', auth: {mode: 'none'}}}",
-        "",
-    );
+    check_ok("{gateway: {bind: 'custom', customBindHost: '::1', auth: {mode: 'none'}}}", "");
     check_ok(
         "{agents: {defaults: {model: {primary: 'echo', fallbacks: ['echo/echo']}}}, bindings: [{agentId: 'main', match: {channel: 'x'}}]}",
         "",
@@ -507,11 +451,7 @@ fn typed_config_validate_catches_what_the_schema_would() {
 
 #[test]
 fn nesting_is_bounded() {
-    let deep = format!(
-        "{{plugins: {{entries: {{p: {{config: {}1{}}}}}}}}}",
-        "[".repeat(100),
-        "]".repeat(100)
-    );
+    let deep = format!("{{plugins: {{entries: {{p: {{config: {}1{}}}}}}}}}", "[".repeat(100), "]".repeat(100));
     check_errors(&deep, "the document nests deeper than 64 levels");
 }
 
@@ -526,11 +466,7 @@ fn schema_is_exported() {
 
 #[test]
 fn diff_and_classify_a_reload() {
-    let old = parse(
-        "{channels: {mattermost: {accounts: {work: {botToken: 'a'}}}}}",
-        &test_env,
-    )
-    .unwrap();
+    let old = parse("{channels: {mattermost: {accounts: {work: {botToken: 'a'}}}}}", &test_env).unwrap();
     let new = parse(
         "{gateway: {reload: {mode: 'off'}, auth: {token: 't'}}, agents: {defaults: {model: 'echo'}}, \
           channels: {mattermost: {accounts: {work: {botToken: 'b'}}}}}",
@@ -552,10 +488,7 @@ fn diff_and_classify_a_reload() {
         kinds,
         [
             ChangeKind::None,
-            ChangeKind::RestartChannel {
-                channel: "mattermost".into(),
-                account: Some("work".into())
-            },
+            ChangeKind::RestartChannel { channel: "mattermost".into(), account: Some("work".into()) },
             ChangeKind::Hot,
             ChangeKind::None,
         ]
@@ -564,10 +497,7 @@ fn diff_and_classify_a_reload() {
     let explicit = parse("{gateway: {port: 18789, bind: 'loopback'}}", &test_env).unwrap();
     let implicit = parse("{}", &test_env).unwrap();
     assert!(diff(&implicit.config.to_value(), &explicit.config.to_value()).is_empty());
-    assert_eq!(
-        diff(&implicit.raw, &explicit.raw),
-        ["gateway.bind", "gateway.port"]
-    );
+    assert_eq!(diff(&implicit.raw, &explicit.raw), ["gateway.bind", "gateway.port"]);
     let plan = ReloadPlan::new(&implicit.config.to_value(), &new.config.to_value());
     assert!(!plan.restart_gateway);
     assert_eq!(plan.hot, ["gateway.auth.token"]);
@@ -607,24 +537,12 @@ fn get_set_unset_paths() {
         err(set_path(&mut doc, "bindings[5]", json!(1))),
         "bindings: index [5] is out of range (the array has 2 items)"
     );
-    assert_eq!(
-        err(set_path(&mut doc, "gateway[0]", json!(1))),
-        "gateway: cannot set index [0] inside an object"
-    );
+    assert_eq!(err(set_path(&mut doc, "gateway[0]", json!(1))), "gateway: cannot set index [0] inside an object");
     assert!(set_path(&mut doc, "a..b", json!(1)).is_err());
 
-    assert_eq!(
-        unset_path(&mut doc, "gateway.reload"),
-        Ok(Some(json!({"mode": "off"})))
-    );
-    assert_eq!(
-        unset_path(&mut doc, "bindings[0]"),
-        Ok(Some(json!({"agentId": "a", "match": {"channel": "x"}})))
-    );
-    assert_eq!(
-        unset_path(&mut doc, "bindings[0].agentId"),
-        Ok(Some(json!("b")))
-    );
+    assert_eq!(unset_path(&mut doc, "gateway.reload"), Ok(Some(json!({"mode": "off"}))));
+    assert_eq!(unset_path(&mut doc, "bindings[0]"), Ok(Some(json!({"agentId": "a", "match": {"channel": "x"}}))));
+    assert_eq!(unset_path(&mut doc, "bindings[0].agentId"), Ok(Some(json!("b"))));
     assert_eq!(unset_path(&mut doc, "nothing.here"), Ok(None));
     assert!(unset_path(&mut doc, "").is_err());
     assert_eq!(get_path(&doc, "gateway"), Some(&json!({"port": 1})));
@@ -665,8 +583,7 @@ fn every_alias_is_accepted_where_declared() {
     ] {
         let mut doc = json!({});
         set_path(&mut doc, path, json!(alias)).unwrap();
-        let loaded =
-            parse(&doc.to_string(), &test_env).unwrap_or_else(|e| panic!("{path}={alias}: {e}"));
+        let loaded = parse(&doc.to_string(), &test_env).unwrap_or_else(|e| panic!("{path}={alias}: {e}"));
         assert_eq!(loaded.warnings.len(), 1, "{path}={alias}");
     }
 }
@@ -767,8 +684,5 @@ fn mutated_configs_never_panic() {
             }
         }
     }
-    assert!(
-        ok > 50 && failed > 50,
-        "mutations should both pass and fail: ok={ok} failed={failed}"
-    );
+    assert!(ok > 50 && failed > 50, "mutations should both pass and fail: ok={ok} failed={failed}");
 }

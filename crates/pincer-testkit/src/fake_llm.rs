@@ -87,38 +87,22 @@ pub enum Behaviour {
 impl Behaviour {
     /// A streamed reply in deltas of 4 characters.
     pub fn reply(text: impl Into<String>) -> Self {
-        Behaviour::Reply {
-            text: text.into(),
-            stream: true,
-            chunk_size: 4,
-        }
+        Behaviour::Reply { text: text.into(), stream: true, chunk_size: 4 }
     }
 
     /// A non-streamed (single JSON body) reply.
     pub fn reply_json(text: impl Into<String>) -> Self {
-        Behaviour::Reply {
-            text: text.into(),
-            stream: false,
-            chunk_size: 0,
-        }
+        Behaviour::Reply { text: text.into(), stream: false, chunk_size: 0 }
     }
 
     /// A status with the API's default error body and no `Retry-After`.
     pub fn status(code: u16) -> Self {
-        Behaviour::Status {
-            code,
-            body: String::new(),
-            retry_after: None,
-        }
+        Behaviour::Status { code, body: String::new(), retry_after: None }
     }
 
     /// A status with the API's default error body and a `Retry-After` value.
     pub fn status_retry_after(code: u16, retry_after: impl Into<String>) -> Self {
-        Behaviour::Status {
-            code,
-            body: String::new(),
-            retry_after: Some(retry_after.into()),
-        }
+        Behaviour::Status { code, body: String::new(), retry_after: Some(retry_after.into()) }
     }
 }
 
@@ -148,10 +132,7 @@ impl RecordedRequest {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -183,9 +164,7 @@ impl FakeLlm {
     /// # Panics
     /// If the loopback port cannot be bound (a test environment failure).
     pub async fn start() -> FakeLlm {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
@@ -201,15 +180,9 @@ impl FakeLlm {
             .with_state(shared.clone());
         let stop = shared.shutdown.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         });
-        FakeLlm {
-            addr,
-            shared,
-            task: Some(task),
-        }
+        FakeLlm { addr, shared, task: Some(task) }
     }
 
     /// The bound address.
@@ -288,19 +261,9 @@ fn record(shared: &Shared, api: Api, path: &str, headers: &HeaderMap, body: &Byt
     let body = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     let headers = headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    lock(&shared.requests).push(RecordedRequest {
-        api,
-        path: path.to_string(),
-        headers,
-        body: body.clone(),
-    });
+    lock(&shared.requests).push(RecordedRequest { api, path: path.to_string(), headers, body: body.clone() });
     shared.seen.send_modify(|c| *c += 1);
     body
 }
@@ -342,10 +305,7 @@ fn tokens(text: &str) -> u64 {
 fn input_tokens(req: &Value) -> u64 {
     let mut n = tokens(req["system"].as_str().unwrap_or(""));
     if let Some(ms) = req["messages"].as_array() {
-        n += ms
-            .iter()
-            .map(|m| tokens(m["content"].as_str().unwrap_or("")))
-            .sum::<u64>();
+        n += ms.iter().map(|m| tokens(m["content"].as_str().unwrap_or(""))).sum::<u64>();
     }
     n
 }
@@ -358,10 +318,7 @@ fn pieces(text: &str, chunk_size: usize) -> Vec<String> {
         return vec![text.to_string()];
     }
     let chars: Vec<char> = text.chars().collect();
-    chars
-        .chunks(chunk_size)
-        .map(|c| c.iter().collect())
-        .collect()
+    chars.chunks(chunk_size).map(|c| c.iter().collect()).collect()
 }
 
 fn json_response(status: u16, body: impl Into<Body>, retry_after: Option<&str>) -> Response {
@@ -400,11 +357,7 @@ async fn hang(shutdown: &CancellationToken) -> Response {
 }
 
 async fn not_found() -> Response {
-    json_response(
-        404,
-        openai_error("Unknown request URL.", "invalid_request_error", None, None).to_string(),
-        None,
-    )
+    json_response(404, openai_error("Unknown request URL.", "invalid_request_error", None, None).to_string(), None)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -449,11 +402,7 @@ impl OpenAiChunks {
 
     fn content(&self, text: &str, chunk_size: usize) -> Vec<String> {
         let mut out = vec![self.chunk(json!({"role": "assistant", "content": ""}), None)];
-        out.extend(
-            pieces(text, chunk_size)
-                .iter()
-                .map(|p| self.chunk(json!({"content": p}), None)),
-        );
+        out.extend(pieces(text, chunk_size).iter().map(|p| self.chunk(json!({"content": p}), None)));
         out
     }
 
@@ -477,27 +426,14 @@ impl OpenAiChunks {
     }
 }
 
-async fn openai_route(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
+async fn openai_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
     let req = record(&shared, Api::OpenAi, "/v1/chat/completions", &headers, &raw);
     if !req.is_object() {
         let msg = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)";
-        return json_response(
-            400,
-            openai_error(msg, "invalid_request_error", None, None).to_string(),
-            None,
-        );
+        return json_response(400, openai_error(msg, "invalid_request_error", None, None).to_string(), None);
     }
     if req["model"].as_str().is_none_or(str::is_empty) {
-        let e = openai_error(
-            "you must provide a model parameter",
-            "invalid_request_error",
-            None,
-            None,
-        );
+        let e = openai_error("you must provide a model parameter", "invalid_request_error", None, None);
         return json_response(400, e.to_string(), None);
     }
     if !req["messages"].is_array() {
@@ -514,25 +450,16 @@ async fn openai_route(
     let chunks = OpenAiChunks {
         id: format!("chatcmpl-fake{n}"),
         model: req["model"].as_str().unwrap_or("").to_string(),
-        include_usage: wants_stream
-            && req["stream_options"]["include_usage"].as_bool() == Some(true),
+        include_usage: wants_stream && req["stream_options"]["include_usage"].as_bool() == Some(true),
     };
     let prompt_tokens = input_tokens(&req);
     match next_behaviour(&shared, &req) {
-        Behaviour::Reply {
-            text,
-            stream: true,
-            chunk_size,
-        } => {
+        Behaviour::Reply { text, stream: true, chunk_size } => {
             let mut events = chunks.content(&text, chunk_size);
             events.extend(chunks.finish(prompt_tokens, tokens(&text)));
             sse_response(events, Duration::ZERO, &shared.shutdown)
         }
-        Behaviour::Reply {
-            text,
-            stream: false,
-            ..
-        } => {
+        Behaviour::Reply { text, stream: false, .. } => {
             let body = json!({
                 "id": chunks.id,
                 "object": "chat.completion",
@@ -551,24 +478,12 @@ async fn openai_route(
             events.extend(chunks.finish(prompt_tokens, tokens(&text)));
             sse_response(events, gap, &shared.shutdown)
         }
-        Behaviour::Truncated { partial_text } => sse_response(
-            chunks.content(&partial_text, 4),
-            Duration::ZERO,
-            &shared.shutdown,
-        ),
-        Behaviour::Status {
-            code,
-            body,
-            retry_after,
-        } => {
+        Behaviour::Truncated { partial_text } => {
+            sse_response(chunks.content(&partial_text, 4), Duration::ZERO, &shared.shutdown)
+        }
+        Behaviour::Status { code, body, retry_after } => {
             let body = if body.is_empty() {
-                openai_error(
-                    &format!("fake status {code}"),
-                    openai_type_for(code),
-                    None,
-                    None,
-                )
-                .to_string()
+                openai_error(&format!("fake status {code}"), openai_type_for(code), None, None).to_string()
             } else {
                 body
             };
@@ -577,11 +492,7 @@ async fn openai_route(
         Behaviour::ErrorBody200 { message } => {
             let e = openai_error(&message, "server_error", None, None);
             if wants_stream {
-                sse_response(
-                    vec![format!("data: {e}\n\n")],
-                    Duration::ZERO,
-                    &shared.shutdown,
-                )
+                sse_response(vec![format!("data: {e}\n\n")], Duration::ZERO, &shared.shutdown)
             } else {
                 json_response(200, e.to_string(), None)
             }
@@ -664,10 +575,7 @@ impl AnthropicEvents {
 
     fn finish(&self, output_tokens: u64) -> Vec<String> {
         vec![
-            anthropic_event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
+            anthropic_event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
             anthropic_event(
                 "message_delta",
                 json!({"type": "message_delta",
@@ -683,21 +591,13 @@ fn anthropic_reject(status: u16, kind: &str, message: &str) -> Response {
     json_response(status, anthropic_error(kind, message).to_string(), None)
 }
 
-async fn anthropic_route(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
+async fn anthropic_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
     let req = record(&shared, Api::Anthropic, "/v1/messages", &headers, &raw);
     if headers.get("x-api-key").is_none() {
         return anthropic_reject(401, "authentication_error", "x-api-key header is required");
     }
     if headers.get("anthropic-version").is_none() {
-        return anthropic_reject(
-            400,
-            "invalid_request_error",
-            "anthropic-version: header is required",
-        );
+        return anthropic_reject(400, "invalid_request_error", "anthropic-version: header is required");
     }
     if !req.is_object() {
         return anthropic_reject(
@@ -708,19 +608,11 @@ async fn anthropic_route(
     }
     for field in ["model", "max_tokens", "messages"] {
         if req[field].is_null() {
-            return anthropic_reject(
-                400,
-                "invalid_request_error",
-                &format!("{field}: Field required"),
-            );
+            return anthropic_reject(400, "invalid_request_error", &format!("{field}: Field required"));
         }
     }
     let Some(messages) = req["messages"].as_array() else {
-        return anthropic_reject(
-            400,
-            "invalid_request_error",
-            "messages: Input should be a valid list",
-        );
+        return anthropic_reject(400, "invalid_request_error", "messages: Input should be a valid list");
     };
     if messages.iter().any(|m| m["role"] == "system") {
         return anthropic_reject(
@@ -737,20 +629,12 @@ async fn anthropic_route(
         input_tokens: input_tokens(&req),
     };
     match next_behaviour(&shared, &req) {
-        Behaviour::Reply {
-            text,
-            stream: true,
-            chunk_size,
-        } => {
+        Behaviour::Reply { text, stream: true, chunk_size } => {
             let mut events = ev.start(&text, chunk_size);
             events.extend(ev.finish(tokens(&text)));
             sse_response(events, Duration::ZERO, &shared.shutdown)
         }
-        Behaviour::Reply {
-            text,
-            stream: false,
-            ..
-        } => {
+        Behaviour::Reply { text, stream: false, .. } => {
             let body = json!({
                 "id": ev.id, "type": "message", "role": "assistant", "model": ev.model,
                 "content": [{"type": "text", "text": text}],
@@ -767,14 +651,9 @@ async fn anthropic_route(
         Behaviour::Truncated { partial_text } => {
             sse_response(ev.start(&partial_text, 4), Duration::ZERO, &shared.shutdown)
         }
-        Behaviour::Status {
-            code,
-            body,
-            retry_after,
-        } => {
+        Behaviour::Status { code, body, retry_after } => {
             let body = if body.is_empty() {
-                anthropic_error(anthropic_type_for(code), &format!("fake status {code}"))
-                    .to_string()
+                anthropic_error(anthropic_type_for(code), &format!("fake status {code}")).to_string()
             } else {
                 body
             };
@@ -793,7 +672,9 @@ async fn anthropic_route(
         Behaviour::BadJson => {
             if wants_stream {
                 let mut events = ev.start("", 0);
-                events.push("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":\n\n".to_string());
+                events.push(
+                    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":\n\n".to_string(),
+                );
                 sse_response(events, Duration::ZERO, &shared.shutdown)
             } else {
                 json_response(200, "{\"type\":\"message\",\"content\":[", None)

@@ -4,7 +4,10 @@
 //! - [`FakeLlm`]: a loopback server speaking the OpenAI Chat Completions and Anthropic
 //!   Messages wire formats, with a scriptable queue of [`Behaviour`]s and a record of every
 //!   request.
+//! - [`FakeWebhook`]: a strict receiver for the `webhook` delivery channel.
 
 pub mod fake_llm;
+pub mod webhook;
 
 pub use fake_llm::{Api, Behaviour, FakeLlm, RecordedRequest};
+pub use webhook::{Delivery, FakeWebhook, WebhookBehaviour};

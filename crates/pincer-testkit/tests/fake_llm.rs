@@ -10,11 +10,7 @@ async fn post(url: String, headers: &[(&str, &str)], body: &str) -> (u16, String
     }
     let resp = rb.send().await.unwrap();
     let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, ct, resp.text().await.unwrap())
 }
 
@@ -29,29 +25,17 @@ fn data_lines(body: &str) -> Vec<Value> {
 #[tokio::test]
 async fn openai_stream_is_the_chunk_format() {
     let fake = FakeLlm::start().await;
-    fake.push(Behaviour::Reply {
-        text: "abcdef".into(),
-        stream: true,
-        chunk_size: 4,
-    });
+    fake.push(Behaviour::Reply { text: "abcdef".into(), stream: true, chunk_size: 4 });
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
     let (status, ct, text) = post(format!("{}/chat/completions", fake.base_url()), &[], body).await;
     assert_eq!(status, 200);
     assert!(ct.starts_with("text/event-stream"));
     assert!(text.ends_with("data: [DONE]\n\n"));
     let chunks = data_lines(&text);
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk"));
-    let content: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content, "abcdef");
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "stop"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["completion_tokens"], 1);
@@ -60,14 +44,9 @@ async fn openai_stream_is_the_chunk_format() {
 #[tokio::test]
 async fn openai_default_echo_and_recording() {
     let fake = FakeLlm::start().await;
-    let body =
-        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"yo"}]}]}"#;
-    let (status, ct, text) = post(
-        format!("{}/chat/completions", fake.base_url()),
-        &[("authorization", "Bearer k")],
-        body,
-    )
-    .await;
+    let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"yo"}]}]}"#;
+    let (status, ct, text) =
+        post(format!("{}/chat/completions", fake.base_url()), &[("authorization", "Bearer k")], body).await;
     assert_eq!((status, ct.as_str()), (200, "application/json"));
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -101,26 +80,19 @@ async fn anthropic_is_strict_and_streams_the_documented_events() {
     let ok = r#"{"model":"c","max_tokens":10,"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let (s, _, t) = post(url.clone(), &[("anthropic-version", "2023-06-01")], ok).await;
     assert_eq!(s, 401);
-    assert_eq!(
-        serde_json::from_str::<Value>(&t).unwrap()["error"]["type"],
-        "authentication_error"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&t).unwrap()["error"]["type"], "authentication_error");
     let (s, _, _) = post(url.clone(), &[("x-api-key", "k")], ok).await;
     assert_eq!(s, 400);
     let h = [("x-api-key", "k"), ("anthropic-version", "2023-06-01")];
     let no_max = r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#;
     assert_eq!(post(url.clone(), &h, no_max).await.0, 400);
-    let system_role =
-        r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"x"}]}"#;
+    let system_role = r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"x"}]}"#;
     assert_eq!(post(url.clone(), &h, system_role).await.0, 400);
 
     let (s, ct, text) = post(url, &h, ok).await;
     assert_eq!(s, 200);
     assert!(ct.starts_with("text/event-stream"));
-    let names: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
-        .collect();
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(
         names,
         [

@@ -3,9 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a subset
 
-use pincer_agent::{
-    AgentError, AgentRunner, ChatMessage, RetryPolicy, RunEvent, RunOutput, RunRequest,
-};
+use pincer_agent::{AgentError, AgentRunner, ChatMessage, RetryPolicy, RunEvent, RunOutput, RunRequest};
 use pincer_core::config::ProviderConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -32,10 +30,8 @@ pub fn fast_retry() -> RetryPolicy {
 
 /// A runner over `providers` with [`fast_retry`].
 pub fn runner(providers: Vec<(&str, Value)>) -> AgentRunner {
-    let map: BTreeMap<String, ProviderConfig> = providers
-        .into_iter()
-        .map(|(id, v)| (id.to_string(), provider(v)))
-        .collect();
+    let map: BTreeMap<String, ProviderConfig> =
+        providers.into_iter().map(|(id, v)| (id.to_string(), provider(v))).collect();
     AgentRunner::new(&map, http()).with_retry_policy(fast_retry())
 }
 
@@ -46,12 +42,7 @@ pub fn http() -> reqwest::Client {
 
 /// A request with one user message.
 pub fn ask(text: &str) -> RunRequest {
-    RunRequest {
-        model: String::new(),
-        system_prompt: None,
-        messages: vec![ChatMessage::user(text)],
-        max_tokens: None,
-    }
+    RunRequest { model: String::new(), system_prompt: None, messages: vec![ChatMessage::user(text)], max_tokens: None }
 }
 
 /// Runs `req` over `chain`, collecting events while the run streams them.

@@ -98,15 +98,9 @@ impl WebhookChannelConfig {
                     account_id: id.to_string(),
                     url,
                     headers,
-                    timeout_ms: a
-                        .timeout_seconds
-                        .or(self.timeout_seconds)
-                        .unwrap_or(WEBHOOK_DEFAULT_TIMEOUT_SECONDS)
+                    timeout_ms: a.timeout_seconds.or(self.timeout_seconds).unwrap_or(WEBHOOK_DEFAULT_TIMEOUT_SECONDS)
                         * 1000,
-                    text_chunk_limit: a
-                        .text_chunk_limit
-                        .or(self.text_chunk_limit)
-                        .unwrap_or(DEFAULT_TEXT_CHUNK_LIMIT),
+                    text_chunk_limit: a.text_chunk_limit.or(self.text_chunk_limit).unwrap_or(DEFAULT_TEXT_CHUNK_LIMIT),
                 })
             })
             .collect()

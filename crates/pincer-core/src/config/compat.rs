@@ -98,10 +98,7 @@ pub(crate) const IGNORED: &[(&str, Why)] = &[
     ("models.providers.*.authHeader", Why::Unsupported),
     ("models.providers.*.models.*.reasoning", Why::Unsupported),
     ("models.providers.*.models.*.input", Why::Unsupported),
-    (
-        "models.providers.*.models.*.contextTokens",
-        Why::Unsupported,
-    ),
+    ("models.providers.*.models.*.contextTokens", Why::Unsupported),
     ("models.providers.*.models.*.cost", Why::Unsupported),
     // session.*
     ("session.reset", Why::Unsupported),
@@ -138,55 +135,25 @@ pub(crate) const IGNORED: &[(&str, Why)] = &[
 pub(crate) const ENUM_ALIASES: &[(&str, &str, &str, &str)] = &[
     ("gateway.reload.mode", "hot", "hybrid", "retired"),
     ("gateway.reload.mode", "restart", "hybrid", "retired"),
-    (
-        "messages.queue.mode",
-        "steer",
-        "followup",
-        "not supported by pincer",
-    ),
-    (
-        "messages.queue.mode",
-        "queue",
-        "followup",
-        "not supported by pincer",
-    ),
-    (
-        "messages.queue.byChannel.*",
-        "steer",
-        "followup",
-        "not supported by pincer",
-    ),
-    (
-        "messages.queue.byChannel.*",
-        "queue",
-        "followup",
-        "not supported by pincer",
-    ),
+    ("messages.queue.mode", "steer", "followup", "not supported by pincer"),
+    ("messages.queue.mode", "queue", "followup", "not supported by pincer"),
+    ("messages.queue.byChannel.*", "steer", "followup", "not supported by pincer"),
+    ("messages.queue.byChannel.*", "queue", "followup", "not supported by pincer"),
 ];
 
 /// If `value` is an accepted alias at `path`, the warning to emit for it.
 pub(crate) fn enum_alias(path: &[Seg], value: &str) -> Option<ConfigWarning> {
-    ENUM_ALIASES
-        .iter()
-        .find_map(|(pattern, alias, canonical, note)| {
-            let pat: Vec<&str> = pattern.split('.').collect();
-            (*alias == value && pattern_matches(&pat, path)).then(|| {
-                ConfigWarning::new(
-                    format_path(path),
-                    format!("\"{alias}\" is {note}; read as \"{canonical}\""),
-                )
-            })
-        })
+    ENUM_ALIASES.iter().find_map(|(pattern, alias, canonical, note)| {
+        let pat: Vec<&str> = pattern.split('.').collect();
+        (*alias == value && pattern_matches(&pat, path))
+            .then(|| ConfigWarning::new(format_path(path), format!("\"{alias}\" is {note}; read as \"{canonical}\"")))
+    })
 }
 
 /// Remove every [`IGNORED`] section/key present in `root`, one warning each, then warn once
 /// per `channels.<name>` that is neither `defaults` nor in `typed_channels` (those sections
 /// are kept: they land in `ChannelsConfig::other`).
-pub(crate) fn strip_ignored(
-    root: &mut Value,
-    typed_channels: &[String],
-    warnings: &mut Vec<ConfigWarning>,
-) {
+pub(crate) fn strip_ignored(root: &mut Value, typed_channels: &[String], warnings: &mut Vec<ConfigWarning>) {
     for (pattern, why) in IGNORED {
         let pat: Vec<&str> = pattern.split('.').collect();
         let message = match (why, pat.len()) {
@@ -200,22 +167,13 @@ pub(crate) fn strip_ignored(
         for name in channels.keys() {
             if name != "defaults" && !typed_channels.iter().any(|t| t == name) {
                 let path = format_path(&[Seg::Key("channels".into()), Seg::Key(name.clone())]);
-                warnings.push(ConfigWarning::new(
-                    path,
-                    "channel not supported by this build; ignored",
-                ));
+                warnings.push(ConfigWarning::new(path, "channel not supported by this build; ignored"));
             }
         }
     }
 }
 
-fn strip(
-    value: &mut Value,
-    pat: &[&str],
-    path: &mut Vec<Seg>,
-    message: &str,
-    warnings: &mut Vec<ConfigWarning>,
-) {
+fn strip(value: &mut Value, pat: &[&str], path: &mut Vec<Seg>, message: &str, warnings: &mut Vec<ConfigWarning>) {
     let Some((first, rest)) = pat.split_first() else {
         return;
     };
@@ -272,19 +230,14 @@ mod tests {
             let mut node = v.resolve(root);
             for seg in parents {
                 let next = if *seg == "*" {
-                    node.get("additionalProperties")
-                        .or_else(|| node.get("items"))
+                    node.get("additionalProperties").or_else(|| node.get("items"))
                 } else {
                     node.get("properties").and_then(|p| p.get(*seg))
                 };
-                node = v
-                    .resolve(next.unwrap_or_else(|| panic!("{pattern}: no typed parent at {seg}")));
+                node = v.resolve(next.unwrap_or_else(|| panic!("{pattern}: no typed parent at {seg}")));
             }
             let typed = node.get("properties").and_then(|p| p.get(*last)).is_some();
-            assert!(
-                !typed,
-                "{pattern} is typed by the model but listed as ignored"
-            );
+            assert!(!typed, "{pattern} is typed by the model but listed as ignored");
         }
     }
 }

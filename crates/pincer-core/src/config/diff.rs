@@ -34,10 +34,7 @@ fn diff_into(old: Option<&Value>, new: Option<&Value>, path: &mut Vec<Seg>, out:
 }
 
 /// `Some` for a non-empty object or a missing value (as `empty`); `None` for leaves.
-fn as_obj<'a>(
-    v: Option<&'a Value>,
-    empty: &'a Map<String, Value>,
-) -> Option<&'a Map<String, Value>> {
+fn as_obj<'a>(v: Option<&'a Value>, empty: &'a Map<String, Value>) -> Option<&'a Map<String, Value>> {
     match v {
         Some(Value::Object(m)) if !m.is_empty() => Some(m),
         None => Some(empty),
@@ -45,12 +42,7 @@ fn as_obj<'a>(
     }
 }
 
-fn recurse(
-    a: &Map<String, Value>,
-    b: &Map<String, Value>,
-    path: &mut Vec<Seg>,
-    out: &mut Vec<String>,
-) {
+fn recurse(a: &Map<String, Value>, b: &Map<String, Value>, path: &mut Vec<Seg>, out: &mut Vec<String>) {
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for k in keys {
         path.push(Seg::Key(k.clone()));
@@ -101,22 +93,13 @@ pub fn classify(path: &str) -> ChangeKind {
             Seg::Index(_) => None,
         })
         .collect();
-    let all_channels = || ChangeKind::RestartChannel {
-        channel: "*".into(),
-        account: None,
-    };
+    let all_channels = || ChangeKind::RestartChannel { channel: "*".into(), account: None };
     match keys.as_slice() {
         [Some("channels")] | [Some("channels"), Some("defaults"), ..] => all_channels(),
         [Some("channels"), Some(ch), Some("accounts"), Some(acc), ..] => {
-            ChangeKind::RestartChannel {
-                channel: ch.to_string(),
-                account: Some(acc.to_string()),
-            }
+            ChangeKind::RestartChannel { channel: ch.to_string(), account: Some(acc.to_string()) }
         }
-        [Some("channels"), Some(ch), ..] => ChangeKind::RestartChannel {
-            channel: ch.to_string(),
-            account: None,
-        },
+        [Some("channels"), Some(ch), ..] => ChangeKind::RestartChannel { channel: ch.to_string(), account: None },
         [Some("agents" | "bindings" | "session" | "messages" | "models" | "outbox" | "$schema"), ..] => {
             ChangeKind::None
         }
@@ -156,16 +139,10 @@ impl ReloadPlan {
                 ChangeKind::None => {}
                 ChangeKind::Hot => plan.hot.push(path.clone()),
                 ChangeKind::RestartGateway => plan.restart_gateway = true,
-                ChangeKind::RestartChannel {
-                    channel,
-                    account: None,
-                } => {
+                ChangeKind::RestartChannel { channel, account: None } => {
                     plan.restart_channels.insert(channel);
                 }
-                ChangeKind::RestartChannel {
-                    channel,
-                    account: Some(acc),
-                } => {
+                ChangeKind::RestartChannel { channel, account: Some(acc) } => {
                     plan.restart_accounts.insert((channel, acc));
                 }
             }
@@ -197,19 +174,11 @@ mod tests {
 
     #[test]
     fn classify_follows_the_longest_prefix() {
-        let chan = |c: &str, a: Option<&str>| ChangeKind::RestartChannel {
-            channel: c.into(),
-            account: a.map(Into::into),
-        };
+        let chan =
+            |c: &str, a: Option<&str>| ChangeKind::RestartChannel { channel: c.into(), account: a.map(Into::into) };
         let cases = [
-            (
-                "channels.mattermost.accounts.work.botToken",
-                chan("mattermost", Some("work")),
-            ),
-            (
-                "channels.mattermost.accounts.work",
-                chan("mattermost", Some("work")),
-            ),
+            ("channels.mattermost.accounts.work.botToken", chan("mattermost", Some("work"))),
+            ("channels.mattermost.accounts.work", chan("mattermost", Some("work"))),
             ("channels.mattermost.accounts", chan("mattermost", None)),
             ("channels.mattermost.dmPolicy", chan("mattermost", None)),
             ("channels.defaults.groupPolicy", chan("*", None)),
@@ -238,8 +207,7 @@ mod tests {
 
     #[test]
     fn diff_reports_leaves() {
-        let old =
-            json!({"gateway": {"port": 1, "auth": {"token": "a"}}, "bindings": [1, 2], "x": {}});
+        let old = json!({"gateway": {"port": 1, "auth": {"token": "a"}}, "bindings": [1, 2], "x": {}});
         let new = json!({
             "gateway": {"port": 1, "auth": {"token": "b"}, "reload": {"mode": "off"}},
             "bindings": [1, 3],
@@ -272,18 +240,13 @@ mod tests {
         ]);
         assert!(!plan.restart_gateway);
         assert_eq!(plan.hot, ["plugins.entries.p.enabled"]);
-        assert_eq!(
-            plan.restart_channels.iter().collect::<Vec<_>>(),
-            ["discord"]
-        );
+        assert_eq!(plan.restart_channels.iter().collect::<Vec<_>>(), ["discord"]);
         assert_eq!(
             plan.restart_accounts.iter().cloned().collect::<Vec<_>>(),
             [("mattermost".to_string(), "work".to_string())]
         );
-        let all = ReloadPlan::from_paths(vec![
-            "channels.defaults.groupPolicy".into(),
-            "channels.x.accounts.a.b".into(),
-        ]);
+        let all =
+            ReloadPlan::from_paths(vec!["channels.defaults.groupPolicy".into(), "channels.x.accounts.a.b".into()]);
         assert_eq!(all.restart_channels.iter().collect::<Vec<_>>(), ["*"]);
         assert!(all.restart_accounts.is_empty());
         assert!(ReloadPlan::from_paths(vec!["session.mainKey".into()]).is_live_only());

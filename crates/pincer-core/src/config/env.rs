@@ -51,11 +51,7 @@ pub(crate) fn substitute_all(
 /// Substitute in one string. Returns `None` when the string has nothing to replace (the
 /// common case, no allocation). Missing variables are left as written and described in
 /// `missing`.
-pub(crate) fn substitute(
-    s: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    missing: &mut Vec<String>,
-) -> Option<String> {
+pub(crate) fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>, missing: &mut Vec<String>) -> Option<String> {
     if !s.contains("${") {
         return None;
     }
@@ -145,16 +141,8 @@ mod tests {
             ("${A", "${A", &[]),
             ("$A", "$A", &[]),
             ("cost $5 ${A}", "cost $5 alpha", &[]),
-            (
-                "${NOPE}",
-                "${NOPE}",
-                &["environment variable NOPE is not set"],
-            ),
-            (
-                "${EMPTY}",
-                "${EMPTY}",
-                &["environment variable EMPTY is set but empty"],
-            ),
+            ("${NOPE}", "${NOPE}", &["environment variable NOPE is not set"]),
+            ("${EMPTY}", "${EMPTY}", &["environment variable EMPTY is set but empty"]),
             ("ünï ${A}", "ünï alpha", &[]),
         ];
         for (input, want, want_missing) in cases {

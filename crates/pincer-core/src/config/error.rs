@@ -18,10 +18,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// Build an error from a path and a message.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
+        ConfigError { path: path.into(), message: message.into() }
     }
 }
 
@@ -69,10 +66,7 @@ pub struct ConfigWarning {
 impl ConfigWarning {
     /// Build a warning from a path and a message.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigWarning {
-            path: path.into(),
-            message: message.into(),
-        }
+        ConfigWarning { path: path.into(), message: message.into() }
     }
 }
 

@@ -47,11 +47,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
     let mut raw = parse_json5(text)?;
     if depth(&raw) > MAX_DEPTH {
-        return Err(ConfigError::new(
-            "",
-            format!("the document nests deeper than {MAX_DEPTH} levels"),
-        )
-        .into());
+        return Err(ConfigError::new("", format!("the document nests deeper than {MAX_DEPTH} levels")).into());
     }
 
     let mut warnings = Vec::new();
@@ -61,19 +57,11 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     // Channel sections this build has no adapter for are kept verbatim: their `${VAR}`s are
     // not substituted, so an ignored channel's unset token is not an error.
     let untyped_channel = |path: &[Seg]| match path {
-        [Seg::Key(c), Seg::Key(name)] => {
-            c == "channels" && name != "defaults" && !typed_channels.contains(name)
-        }
+        [Seg::Key(c), Seg::Key(name)] => c == "channels" && name != "defaults" && !typed_channels.contains(name),
         _ => false,
     };
     let mut errors = Vec::new();
-    substitute_all(
-        &mut raw,
-        env,
-        &untyped_channel,
-        &mut Vec::new(),
-        &mut errors,
-    );
+    substitute_all(&mut raw, env, &untyped_channel, &mut Vec::new(), &mut errors);
 
     let root = schema();
     let mut issues = Issues::default();
@@ -96,12 +84,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     match config {
         Some(config) if errors.is_empty() => {
             sort_by_path(&mut warnings, |w| &w.path);
-            Ok(Loaded {
-                config,
-                warnings,
-                raw,
-                hash,
-            })
+            Ok(Loaded { config, warnings, raw, hash })
         }
         _ => {
             sort_by_path(&mut errors, |e| &e.path);
@@ -117,17 +100,10 @@ pub fn parse_json5(text: &str) -> Result<Value, ConfigError> {
     json5::from_str::<Value>(text).map_err(|e| {
         let json5::Error::Message { msg, location } = e;
         // pest's message repeats the position and draws the line; keep its last line.
-        let reason = msg
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or_default();
+        let reason = msg.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
         let reason = reason.trim_start_matches("= ");
         let message = match location {
-            Some(loc) => format!(
-                "JSON5 syntax error at line {}, column {}: {reason}",
-                loc.line, loc.column
-            ),
+            Some(loc) => format!("JSON5 syntax error at line {}, column {}: {reason}", loc.line, loc.column),
             None => format!("JSON5 syntax error: {reason}"),
         };
         ConfigError::new("", message)

@@ -282,9 +282,9 @@ impl ModelSelection {
     pub fn chain(&self) -> Vec<&str> {
         match self {
             ModelSelection::Ref(r) => vec![r.as_str()],
-            ModelSelection::Full(f) => std::iter::once(f.primary.as_str())
-                .chain(f.fallbacks.iter().map(String::as_str))
-                .collect(),
+            ModelSelection::Full(f) => {
+                std::iter::once(f.primary.as_str()).chain(f.fallbacks.iter().map(String::as_str)).collect()
+            }
         }
     }
 }

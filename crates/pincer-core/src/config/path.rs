@@ -44,10 +44,7 @@ pub(crate) fn format_path(segs: &[Seg]) -> String {
 }
 
 fn is_plain_key(k: &str) -> bool {
-    !k.is_empty()
-        && !k
-            .chars()
-            .any(|c| matches!(c, '.' | '[' | ']' | '"') || c.is_whitespace())
+    !k.is_empty() && !k.chars().any(|c| matches!(c, '.' | '[' | ']' | '"') || c.is_whitespace())
 }
 
 /// Parse a dotted path into segments. Errors describe the syntax problem.
@@ -58,27 +55,20 @@ pub(crate) fn parse_path(path: &str) -> Result<Vec<Seg>, String> {
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('[') {
             let close = if after.starts_with('"') {
-                quoted_end(after)
-                    .ok_or_else(|| format!("unterminated [\"...\"] in path {path:?}"))?
+                quoted_end(after).ok_or_else(|| format!("unterminated [\"...\"] in path {path:?}"))?
             } else {
-                after
-                    .find(']')
-                    .ok_or_else(|| format!("missing ']' in path {path:?}"))?
+                after.find(']').ok_or_else(|| format!("missing ']' in path {path:?}"))?
             };
             let inner = &after[..close];
             if inner.starts_with('"') {
-                let key: String = serde_json::from_str(inner)
-                    .map_err(|_| format!("bad quoted key {inner} in path {path:?}"))?;
+                let key: String =
+                    serde_json::from_str(inner).map_err(|_| format!("bad quoted key {inner} in path {path:?}"))?;
                 segs.push(Seg::Key(key));
             } else {
-                let i = inner
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad index [{inner}] in path {path:?}"))?;
+                let i = inner.parse::<usize>().map_err(|_| format!("bad index [{inner}] in path {path:?}"))?;
                 segs.push(Seg::Index(i));
             }
-            rest = after[close..]
-                .strip_prefix(']')
-                .ok_or_else(|| format!("missing ']' in path {path:?}"))?;
+            rest = after[close..].strip_prefix(']').ok_or_else(|| format!("missing ']' in path {path:?}"))?;
             expect_key = false;
         } else if let Some(after) = rest.strip_prefix('.') {
             if expect_key {
@@ -175,10 +165,7 @@ pub fn set_path(value: &mut Value, path: &str, new: Value) -> Result<(), ConfigE
                     Seg::Key(k) => format!("key {k:?}"),
                     Seg::Index(i) => format!("index [{i}]"),
                 };
-                return Err(ConfigError::new(
-                    here,
-                    format!("cannot set {what} inside {}", describe_kind(other)),
-                ));
+                return Err(ConfigError::new(here, format!("cannot set {what} inside {}", describe_kind(other))));
             }
         };
     }
@@ -186,21 +173,13 @@ pub fn set_path(value: &mut Value, path: &str, new: Value) -> Result<(), ConfigE
     Ok(())
 }
 
-fn array_slot<'a>(
-    a: &'a mut Vec<Value>,
-    i: usize,
-    here: &str,
-) -> Result<&'a mut Value, ConfigError> {
+fn array_slot<'a>(a: &'a mut Vec<Value>, i: usize, here: &str) -> Result<&'a mut Value, ConfigError> {
     if i == a.len() {
         a.push(Value::Null);
     }
     let len = a.len();
-    a.get_mut(i).ok_or_else(|| {
-        ConfigError::new(
-            here,
-            format!("index [{i}] is out of range (the array has {len} items)"),
-        )
-    })
+    a.get_mut(i)
+        .ok_or_else(|| ConfigError::new(here, format!("index [{i}] is out of range (the array has {len} items)")))
 }
 
 /// Remove the value at `path` and return it; `Ok(None)` when nothing is there. Removing an
@@ -262,14 +241,9 @@ mod tests {
 
     #[test]
     fn paths_round_trip() {
-        for p in [
-            "",
-            "gateway.port",
-            "bindings[0].agentId",
-            "a[1][2].b",
-            "models.providers[\"a.b\"].baseUrl",
-            "x[\"\"]",
-        ] {
+        for p in
+            ["", "gateway.port", "bindings[0].agentId", "a[1][2].b", "models.providers[\"a.b\"].baseUrl", "x[\"\"]"]
+        {
             let segs = parse_path(p).unwrap();
             assert_eq!(format_path(&segs), p, "{p}");
         }
@@ -281,17 +255,8 @@ mod tests {
     #[test]
     fn patterns_match_keys_and_indices() {
         let segs = parse_path("models.providers.openai.models[3].cost").unwrap();
-        assert!(pattern_matches(
-            &["models", "providers", "*", "models", "*", "cost"],
-            &segs
-        ));
-        assert!(!pattern_matches(
-            &["models", "providers", "*", "models"],
-            &segs
-        ));
-        assert!(!pattern_matches(
-            &["models", "*", "*", "models", "0", "cost"],
-            &segs
-        ));
+        assert!(pattern_matches(&["models", "providers", "*", "models", "*", "cost"], &segs));
+        assert!(!pattern_matches(&["models", "providers", "*", "models"], &segs));
+        assert!(!pattern_matches(&["models", "*", "*", "models", "0", "cost"], &segs));
     }
 }

@@ -77,9 +77,7 @@ impl Config {
     /// Number of transcript turns sent with each run of `agent`: the entry's `historyLimit`,
     /// else `agents.defaults.historyLimit`.
     pub fn agent_history_limit(&self, agent: &AgentId) -> u32 {
-        self.agent_entry(agent)
-            .and_then(|e| e.history_limit)
-            .unwrap_or(self.agents.defaults.history_limit)
+        self.agent_entry(agent).and_then(|e| e.history_limit).unwrap_or(self.agents.defaults.history_limit)
     }
 
     /// The queue mode for messages from `channel` (a channel id such as `mattermost`):
@@ -94,10 +92,7 @@ impl Config {
     /// provider is not configured (validation rejects those).
     pub fn provider_for(&self, model_ref: &str) -> Option<(&str, &ProviderConfig)> {
         let (provider, _) = split_model_ref(model_ref)?;
-        self.models
-            .providers
-            .get_key_value(provider)
-            .map(|(k, v)| (k.as_str(), v))
+        self.models.providers.get_key_value(provider).map(|(k, v)| (k.as_str(), v))
     }
 
     /// Pretty-printed JSON of the whole typed config (defaults filled in), two-space indent.
@@ -132,11 +127,7 @@ mod tests {
     use crate::config::model::{AgentEntryConfig, ModelSelection, ModelSelectionFull};
 
     fn entry(default: bool, model: Option<&str>) -> AgentEntryConfig {
-        AgentEntryConfig {
-            default,
-            model: model.map(|m| ModelSelection::Ref(m.into())),
-            ..Default::default()
-        }
+        AgentEntryConfig { default, model: model.map(|m| ModelSelection::Ref(m.into())), ..Default::default() }
     }
 
     #[test]
@@ -178,10 +169,7 @@ mod tests {
     fn queue_mode_by_channel() {
         let mut cfg = Config::default();
         cfg.messages.queue.mode = QueueMode::Collect;
-        cfg.messages
-            .queue
-            .by_channel
-            .insert("discord".into(), QueueMode::Interrupt);
+        cfg.messages.queue.by_channel.insert("discord".into(), QueueMode::Interrupt);
         assert_eq!(cfg.queue_mode_for("discord"), QueueMode::Interrupt);
         assert_eq!(cfg.queue_mode_for("telegram"), QueueMode::Collect);
     }
@@ -190,10 +178,7 @@ mod tests {
     fn model_refs_split() {
         assert_eq!(split_model_ref("echo"), Some(("echo", "echo")));
         assert_eq!(split_model_ref("openai/gpt-4o"), Some(("openai", "gpt-4o")));
-        assert_eq!(
-            split_model_ref("openrouter/meta/llama"),
-            Some(("openrouter", "meta/llama"))
-        );
+        assert_eq!(split_model_ref("openrouter/meta/llama"), Some(("openrouter", "meta/llama")));
         assert_eq!(split_model_ref("gpt-4o"), None);
         assert_eq!(split_model_ref("/x"), None);
         assert_eq!(split_model_ref("x/"), None);

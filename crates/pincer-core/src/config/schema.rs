@@ -49,8 +49,7 @@ pub(crate) struct Issues {
 
 impl Issues {
     fn error(&mut self, path: &[Seg], message: String) {
-        self.errors
-            .push(ConfigError::new(format_path(path), message));
+        self.errors.push(ConfigError::new(format_path(path), message));
     }
 }
 
@@ -64,9 +63,7 @@ const EMPTY: &Value = &Value::Bool(true);
 impl<'s> Validator<'s> {
     /// A validator for `root` (a schemars root schema with `definitions`).
     pub(crate) fn new(root: &'s Value) -> Self {
-        Validator {
-            definitions: root.get("definitions").and_then(Value::as_object),
-        }
+        Validator { definitions: root.get("definitions").and_then(Value::as_object) }
     }
 
     /// Follow `$ref`s and single-element `allOf` wrappers to the schema that says something.
@@ -75,11 +72,7 @@ impl<'s> Validator<'s> {
             if let Some(target) = schema.get("$ref").and_then(Value::as_str) {
                 let name = target.rsplit('/').next().unwrap_or_default();
                 schema = self.definitions.and_then(|d| d.get(name)).unwrap_or(EMPTY);
-            } else if let Some([only]) = schema
-                .get("allOf")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-            {
+            } else if let Some([only]) = schema.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
                 schema = only;
             } else {
                 break;
@@ -89,13 +82,7 @@ impl<'s> Validator<'s> {
     }
 
     /// Check `value` against `schema`, appending problems to `out`.
-    pub(crate) fn check(
-        &self,
-        schema: &'s Value,
-        value: &Value,
-        path: &mut Vec<Seg>,
-        out: &mut Issues,
-    ) {
+    pub(crate) fn check(&self, schema: &'s Value, value: &Value, path: &mut Vec<Seg>, out: &mut Issues) {
         let schema = self.resolve(schema);
         let m = match schema {
             Value::Bool(false) => return out.error(path, "not allowed here".into()),
@@ -107,11 +94,7 @@ impl<'s> Validator<'s> {
                 self.check(s, value, path, out);
             }
         }
-        if let Some(alts) = m
-            .get("anyOf")
-            .or_else(|| m.get("oneOf"))
-            .and_then(Value::as_array)
-        {
+        if let Some(alts) = m.get("anyOf").or_else(|| m.get("oneOf")).and_then(Value::as_array) {
             self.check_alternatives(alts, value, path, out);
         }
         if let Some(t) = m.get("type") {
@@ -128,10 +111,7 @@ impl<'s> Validator<'s> {
         if let Some(n) = value.as_number() {
             if n.is_i64() || n.is_u64() {
                 let (lo, hi) = int_bounds(m);
-                let v = n
-                    .as_i64()
-                    .map(i128::from)
-                    .or_else(|| n.as_u64().map(i128::from));
+                let v = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
                 let v = v.unwrap_or_default();
                 let too_big = hi.is_some_and(|hi| v > hi);
                 if too_big || lo.is_some_and(|lo| v < lo) {
@@ -155,20 +135,9 @@ impl<'s> Validator<'s> {
         }
     }
 
-    fn check_object(
-        &self,
-        m: &'s Map<String, Value>,
-        obj: &Map<String, Value>,
-        path: &mut Vec<Seg>,
-        out: &mut Issues,
-    ) {
+    fn check_object(&self, m: &'s Map<String, Value>, obj: &Map<String, Value>, path: &mut Vec<Seg>, out: &mut Issues) {
         let props = m.get("properties").and_then(Value::as_object);
-        for req in m
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for req in m.get("required").and_then(Value::as_array).into_iter().flatten() {
             if let Some(req) = req.as_str() {
                 if !obj.contains_key(req) {
                     out.error(path, format!("missing required key \"{req}\""));
@@ -177,10 +146,7 @@ impl<'s> Validator<'s> {
         }
         for (key, v) in obj {
             path.push(Seg::Key(key.clone()));
-            match (
-                props.and_then(|p| p.get(key)),
-                m.get("additionalProperties"),
-            ) {
+            match (props.and_then(|p| p.get(key)), m.get("additionalProperties")) {
                 (Some(s), _) => self.check(s, v, path, out),
                 (None, None | Some(Value::Bool(true))) => {}
                 (None, Some(Value::Bool(false))) => {
@@ -197,23 +163,14 @@ impl<'s> Validator<'s> {
         }
     }
 
-    fn check_alternatives(
-        &self,
-        alts: &'s [Value],
-        value: &Value,
-        path: &mut Vec<Seg>,
-        out: &mut Issues,
-    ) {
+    fn check_alternatives(&self, alts: &'s [Value], value: &Value, path: &mut Vec<Seg>, out: &mut Issues) {
         if let Some(allowed) = self.string_enum_union(alts) {
             if !allowed.contains(&value) {
                 self.enum_error(allowed, value, path, out);
             }
             return;
         }
-        let candidates: Vec<&Value> = alts
-            .iter()
-            .filter(|a| self.accepts_type(a, value))
-            .collect();
+        let candidates: Vec<&Value> = alts.iter().filter(|a| self.accepts_type(a, value)).collect();
         match candidates.as_slice() {
             [] => {
                 let expected = self.describe_alternatives(alts);
@@ -229,10 +186,7 @@ impl<'s> Validator<'s> {
                         out.warnings.extend(trial.warnings);
                         return;
                     }
-                    if best
-                        .as_ref()
-                        .is_none_or(|b| trial.errors.len() < b.errors.len())
-                    {
+                    if best.as_ref().is_none_or(|b| trial.errors.len() < b.errors.len()) {
                         best = Some(trial);
                     }
                 }
@@ -249,10 +203,7 @@ impl<'s> Validator<'s> {
             out.warnings.push(w);
             return;
         }
-        out.error(
-            path,
-            format!("expected {}, got {}", one_of(&allowed), show(value)),
-        );
+        out.error(path, format!("expected {}, got {}", one_of(&allowed), show(value)));
     }
 
     /// When every alternative is a plain enum of strings (schemars' form for documented
@@ -276,11 +227,7 @@ impl<'s> Validator<'s> {
         if let Some(t) = schema.get("type") {
             return type_ok(t, value);
         }
-        if let Some(alts) = schema
-            .get("anyOf")
-            .or_else(|| schema.get("oneOf"))
-            .and_then(Value::as_array)
-        {
+        if let Some(alts) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(Value::as_array) {
             return alts.iter().any(|a| self.accepts_type(a, value));
         }
         if let Some(values) = schema.get("enum").and_then(Value::as_array) {
@@ -299,11 +246,7 @@ impl<'s> Validator<'s> {
         if let Some(values) = m.get("enum").and_then(Value::as_array) {
             return one_of(&values.iter().collect::<Vec<_>>());
         }
-        if let Some(alts) = m
-            .get("anyOf")
-            .or_else(|| m.get("oneOf"))
-            .and_then(Value::as_array)
-        {
+        if let Some(alts) = m.get("anyOf").or_else(|| m.get("oneOf")).and_then(Value::as_array) {
             return self.describe_alternatives(alts);
         }
         let types: Vec<&str> = match m.get("type") {
@@ -311,11 +254,8 @@ impl<'s> Validator<'s> {
             Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
             _ => return "anything".into(),
         };
-        let types: Vec<&str> = if types.len() > 1 {
-            types.into_iter().filter(|t| *t != "null").collect()
-        } else {
-            types
-        };
+        let types: Vec<&str> =
+            if types.len() > 1 { types.into_iter().filter(|t| *t != "null").collect() } else { types };
         let phrases: Vec<String> = types
             .iter()
             .map(|t| match *t {
@@ -389,18 +329,17 @@ fn type_noun(t: &str) -> &'static str {
 
 /// Integer bounds from `format` (`uint16` ...) tightened by `minimum`/`maximum`.
 fn int_bounds(m: &Map<String, Value>) -> (Option<i128>, Option<i128>) {
-    let (mut lo, mut hi): (Option<i128>, Option<i128>) =
-        match m.get("format").and_then(Value::as_str) {
-            Some("uint8") => (Some(0), Some(u8::MAX.into())),
-            Some("uint16") => (Some(0), Some(u16::MAX.into())),
-            Some("uint32") => (Some(0), Some(u32::MAX.into())),
-            Some("uint64" | "uint") => (Some(0), Some(u64::MAX.into())),
-            Some("int8") => (Some(i8::MIN.into()), Some(i8::MAX.into())),
-            Some("int16") => (Some(i16::MIN.into()), Some(i16::MAX.into())),
-            Some("int32") => (Some(i32::MIN.into()), Some(i32::MAX.into())),
-            Some("int64" | "int") => (Some(i64::MIN.into()), Some(i64::MAX.into())),
-            _ => (None, None),
-        };
+    let (mut lo, mut hi): (Option<i128>, Option<i128>) = match m.get("format").and_then(Value::as_str) {
+        Some("uint8") => (Some(0), Some(u8::MAX.into())),
+        Some("uint16") => (Some(0), Some(u16::MAX.into())),
+        Some("uint32") => (Some(0), Some(u32::MAX.into())),
+        Some("uint64" | "uint") => (Some(0), Some(u64::MAX.into())),
+        Some("int8") => (Some(i8::MIN.into()), Some(i8::MAX.into())),
+        Some("int16") => (Some(i16::MIN.into()), Some(i16::MAX.into())),
+        Some("int32") => (Some(i32::MIN.into()), Some(i32::MAX.into())),
+        Some("int64" | "int") => (Some(i64::MIN.into()), Some(i64::MAX.into())),
+        _ => (None, None),
+    };
     if let Some(min) = m.get("minimum").and_then(Value::as_f64) {
         let min = min.ceil() as i128;
         lo = Some(lo.map_or(min, |lo| lo.max(min)));
@@ -427,10 +366,7 @@ fn int_desc(lo: Option<i128>, hi: Option<i128>, full: bool) -> String {
 }
 
 fn one_of(values: &[&Value]) -> String {
-    let names: Vec<String> = values
-        .iter()
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-        .collect();
+    let names: Vec<String> = values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect();
     format!("one of {}", names.join("|"))
 }
 
@@ -470,13 +406,7 @@ mod tests {
 
     #[test]
     fn suggestions_only_when_close() {
-        let known = [
-            "maxConcurrent",
-            "model",
-            "systemPrompt",
-            "timeoutSeconds",
-            "historyLimit",
-        ];
+        let known = ["maxConcurrent", "model", "systemPrompt", "timeoutSeconds", "historyLimit"];
         let s = |k: &str| suggest(k, known.iter().copied());
         assert_eq!(s("maxConcurent"), Some("maxConcurrent"));
         assert_eq!(s("maxconcurrent"), Some("maxConcurrent"));
@@ -489,18 +419,9 @@ mod tests {
     #[test]
     fn integer_descriptions() {
         assert_eq!(int_desc(Some(1), Some(65535), false), "an integer 1-65535");
-        assert_eq!(
-            int_desc(Some(1), Some(u32::MAX.into()), false),
-            "an integer >= 1"
-        );
-        assert_eq!(
-            int_desc(Some(1), Some(u32::MAX.into()), true),
-            "an integer 1-4294967295"
-        );
-        assert_eq!(
-            int_desc(Some(0), Some(u64::MAX.into()), false),
-            "a non-negative integer"
-        );
+        assert_eq!(int_desc(Some(1), Some(u32::MAX.into()), false), "an integer >= 1");
+        assert_eq!(int_desc(Some(1), Some(u32::MAX.into()), true), "an integer 1-4294967295");
+        assert_eq!(int_desc(Some(0), Some(u64::MAX.into()), false), "a non-negative integer");
     }
 
     #[test]
@@ -508,9 +429,6 @@ mod tests {
         let s = json_schema();
         assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
         assert!(s["definitions"]["GatewayConfig"].is_object());
-        assert_eq!(
-            s["definitions"]["GatewayConfig"]["properties"]["port"]["minimum"],
-            1.0
-        );
+        assert_eq!(s["definitions"]["GatewayConfig"]["properties"]["port"]["minimum"], 1.0);
     }
 }

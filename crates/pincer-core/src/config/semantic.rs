@@ -32,15 +32,12 @@ impl Config {
 /// Whether `gateway.bind` (with `customBindHost`) listens on loopback only; `None` when the
 /// bind value is invalid or `custom` lacks a host.
 pub fn bind_is_loopback(bind: &str, custom_bind_host: Option<&str>) -> Option<bool> {
-    let host_is_loopback = |h: &str| {
-        h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    };
+    let host_is_loopback =
+        |h: &str| h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match bind {
         "loopback" | "auto" => Some(true),
         "lan" => Some(false),
-        "custom" => custom_bind_host
-            .filter(|h| !h.trim().is_empty())
-            .map(|h| host_is_loopback(h.trim())),
+        "custom" => custom_bind_host.filter(|h| !h.trim().is_empty()).map(|h| host_is_loopback(h.trim())),
         ip => ip.parse::<IpAddr>().ok().map(|ip| ip.is_loopback()),
     }
 }
@@ -75,11 +72,7 @@ fn join(base: &[Seg], more: &[&str]) -> String {
 const AT_LEAST_ONE: &str = "expected an integer >= 1, got 0";
 
 /// Collect semantic errors and warnings of `cfg`.
-pub(crate) fn check(
-    cfg: &Config,
-    errors: &mut Vec<ConfigError>,
-    warnings: &mut Vec<ConfigWarning>,
-) {
+pub(crate) fn check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigWarning>) {
     let mut r = Report { errors, warnings };
     check_gateway(cfg, &mut r);
     check_agents(cfg, &mut r);
@@ -89,10 +82,7 @@ pub(crate) fn check(
 
     let main_key = &cfg.session.main_key;
     if main_key.trim().is_empty() || main_key.contains(':') {
-        r.error(
-            "session.mainKey",
-            format!("must be non-empty and must not contain \":\", got \"{main_key}\""),
-        );
+        r.error("session.mainKey", format!("must be non-empty and must not contain \":\", got \"{main_key}\""));
     }
     if cfg.messages.queue.cap == 0 {
         r.error("messages.queue.cap", AT_LEAST_ONE);
@@ -104,13 +94,7 @@ pub(crate) fn check(
         r.error("outbox.maxAttempts", AT_LEAST_ONE);
     }
     if outbox.initial_backoff_ms > outbox.max_backoff_ms {
-        r.error(
-            "outbox.initialBackoffMs",
-            format!(
-                "must not exceed outbox.maxBackoffMs ({})",
-                outbox.max_backoff_ms
-            ),
-        );
+        r.error("outbox.initialBackoffMs", format!("must not exceed outbox.maxBackoffMs ({})", outbox.max_backoff_ms));
     }
 }
 
@@ -120,36 +104,21 @@ fn check_gateway(cfg: &Config, r: &mut Report) {
         r.error("gateway.port", "expected an integer 1-65535, got 0");
     }
     if gw.mode == Some(GatewayMode::Remote) {
-        r.warn(
-            "gateway.mode",
-            "\"remote\" is not supported by pincer; the gateway runs locally",
-        );
+        r.warn("gateway.mode", "\"remote\" is not supported by pincer; the gateway runs locally");
     }
     let custom_host = gw.custom_bind_host.as_deref();
     let loopback = bind_is_loopback(&gw.bind, custom_host);
     if gw.bind == "custom" {
         if loopback.is_none() {
-            r.error(
-                "gateway.customBindHost",
-                "required when gateway.bind is \"custom\"",
-            );
+            r.error("gateway.customBindHost", "required when gateway.bind is \"custom\"");
         }
     } else {
         if loopback.is_none() {
             let keywords = BIND_KEYWORDS.join("|");
-            r.error(
-                "gateway.bind",
-                format!(
-                    "expected one of {keywords} or an IP address, got \"{}\"",
-                    gw.bind
-                ),
-            );
+            r.error("gateway.bind", format!("expected one of {keywords} or an IP address, got \"{}\"", gw.bind));
         }
         if custom_host.is_some() {
-            r.warn(
-                "gateway.customBindHost",
-                "ignored unless gateway.bind is \"custom\"",
-            );
+            r.warn("gateway.customBindHost", "ignored unless gateway.bind is \"custom\"");
         }
     }
     if gw.auth.mode == AuthMode::None && loopback == Some(false) {
@@ -195,10 +164,7 @@ fn check_agents(cfg: &Config, r: &mut Report) {
     }
     if marked_default.len() > 1 {
         let ids = marked_default.join(", ");
-        r.error(
-            "agents.entries",
-            format!("more than one agent has default: true ({ids})"),
-        );
+        r.error("agents.entries", format!("more than one agent has default: true ({ids})"));
     }
 }
 
@@ -219,13 +185,8 @@ fn check_model_selection(cfg: &Config, path: &[Seg], selection: &ModelSelection,
     let providers = &cfg.models.providers;
     for (at, model_ref) in refs {
         match split_model_ref(model_ref) {
-            None => r.error(
-                at,
-                format!("invalid model ref \"{model_ref}\" (expected \"provider/model\")"),
-            ),
-            Some((provider, _))
-                if provider != ECHO_PROVIDER && !providers.contains_key(provider) =>
-            {
+            None => r.error(at, format!("invalid model ref \"{model_ref}\" (expected \"provider/model\")")),
+            Some((provider, _)) if provider != ECHO_PROVIDER && !providers.contains_key(provider) => {
                 let hint = if providers.is_empty() {
                     "no providers are configured".to_string()
                 } else {
@@ -248,19 +209,13 @@ fn check_model_selection(cfg: &Config, path: &[Seg], selection: &ModelSelection,
 fn check_models(cfg: &Config, r: &mut Report) {
     if let Some(mode) = &cfg.models.mode {
         if mode != "merge" && mode != "replace" {
-            r.error(
-                "models.mode",
-                format!("expected one of merge|replace, got \"{mode}\""),
-            );
+            r.error("models.mode", format!("expected one of merge|replace, got \"{mode}\""));
         }
     }
     for (id, p) in &cfg.models.providers {
         let base = [key("models"), key("providers"), key(id)];
         if id.contains('/') || id.trim().is_empty() {
-            r.error(
-                join(&base, &[]),
-                "provider ids must be non-empty and must not contain \"/\"",
-            );
+            r.error(join(&base, &[]), "provider ids must be non-empty and must not contain \"/\"");
         }
         match p.api {
             ProviderApi::Exec if p.command.first().is_none_or(|c| c.trim().is_empty()) => r.error(
@@ -276,10 +231,7 @@ fn check_models(cfg: &Config, r: &mut Report) {
         }
         if let Some(url) = &p.base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                r.error(
-                    join(&base, &["baseUrl"]),
-                    format!("expected an http:// or https:// URL, got \"{url}\""),
-                );
+                r.error(join(&base, &["baseUrl"]), format!("expected an http:// or https:// URL, got \"{url}\""));
             }
         }
         if p.timeout_seconds == Some(0) {
@@ -294,31 +246,19 @@ fn check_bindings(cfg: &Config, r: &mut Report) {
         if !AgentId::is_valid(&b.agent_id) {
             r.error(join(&base, &["agentId"]), invalid_agent_id(&b.agent_id));
         } else if b.agent_id != AgentId::DEFAULT && !cfg.agents.entries.contains_key(&b.agent_id) {
-            r.error(
-                join(&base, &["agentId"]),
-                format!("unknown agent \"{}\" (not in agents.entries)", b.agent_id),
-            );
+            r.error(join(&base, &["agentId"]), format!("unknown agent \"{}\" (not in agents.entries)", b.agent_id));
         }
         match b.kind.as_deref() {
             None | Some("route") => {}
-            Some("acp") => r.warn(
-                join(&base, &[]),
-                "acp bindings are not supported by pincer; ignored for routing",
-            ),
-            Some(other) => r.error(
-                join(&base, &["type"]),
-                format!("expected one of route|acp, got \"{other}\""),
-            ),
+            Some("acp") => r.warn(join(&base, &[]), "acp bindings are not supported by pincer; ignored for routing"),
+            Some(other) => r.error(join(&base, &["type"]), format!("expected one of route|acp, got \"{other}\"")),
         }
         if b.matcher.channel.trim().is_empty() {
             r.error(join(&base, &["match", "channel"]), "must not be empty");
         }
         if let Some(peer) = &b.matcher.peer {
             if peer.id.trim().is_empty() {
-                r.error(
-                    join(&base, &["match", "peer", "id"]),
-                    "must not be empty (use \"*\" for any peer)",
-                );
+                r.error(join(&base, &["match", "peer", "id"]), "must not be empty (use \"*\" for any peer)");
             }
         }
     }
@@ -359,14 +299,8 @@ fn check_webhook(cfg: &Config, r: &mut Report) {
     }
     let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
     let mut check_url = |path: String, url: Option<&String>| match url {
-        None => r.error(
-            path,
-            "required: the URL replies are POSTed to, e.g. \"https://example.org/hook\"",
-        ),
-        Some(u) if !url_ok(u) => r.error(
-            path,
-            format!("expected an http:// or https:// URL, got \"{u}\""),
-        ),
+        None => r.error(path, "required: the URL replies are POSTed to, e.g. \"https://example.org/hook\""),
+        Some(u) if !url_ok(u) => r.error(path, format!("expected an http:// or https:// URL, got \"{u}\"")),
         Some(_) => {}
     };
     if w.accounts.is_empty() {
@@ -374,10 +308,7 @@ fn check_webhook(cfg: &Config, r: &mut Report) {
     } else {
         for (id, a) in &w.accounts {
             if a.enabled != Some(false) {
-                check_url(
-                    format!("channels.webhook.accounts.{id}.url"),
-                    a.url.as_ref().or(w.url.as_ref()),
-                );
+                check_url(format!("channels.webhook.accounts.{id}.url"), a.url.as_ref().or(w.url.as_ref()));
             }
         }
     }

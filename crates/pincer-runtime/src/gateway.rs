@@ -1,0 +1,739 @@
+//! The gateway value: owns the store handle, the config snapshot, the session actors, the run
+//! registry, the delivery worker and the method table. A restart drops the whole value and
+//! builds a fresh one; nothing here lives in a `static`.
+
+use crate::events::{EventBus, EventScope};
+use crate::methods::MethodTable;
+use crate::runs::{RunInfo, RunRegistry, RunStatus};
+use crate::session::{ReplyTo, SessionHandle, SessionMsg, Turn};
+use crate::snapshot::Snapshot;
+use crate::supervisor::{StopOutcome, Supervisor};
+use arc_swap::ArcSwap;
+use pincer_core::config::{Config, QueueMode};
+use pincer_core::routing::resolve_route;
+use pincer_core::session_key::SessionKey;
+use pincer_core::wake::{decide, DropReason, WakeDecision, WakePolicy};
+use pincer_core::{AccountId, AgentId, ChannelId, DeliveryTarget, Inbound};
+use pincer_store::{AcceptInbound, NewOutbox, OutboxStatus, Store};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Inbound dedupe window: 24 h, longer than any platform's redelivery window.
+pub const DEDUPE_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A monotonically increasing counter for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Inbound messages accepted for a run.
+    pub inbound_accepted: Counter,
+    /// Inbound messages dropped by the wake decision.
+    pub inbound_dropped: Counter,
+    /// Inbound duplicates (dedupe ledger).
+    pub inbound_duplicate: Counter,
+    /// Runs that produced a visible reply.
+    pub runs_ok: Counter,
+    /// Runs that ended silent.
+    pub runs_silent: Counter,
+    /// Runs that failed or timed out.
+    pub runs_failed: Counter,
+    /// Outbox rows delivered.
+    pub deliveries_sent: Counter,
+    /// Outbox rows that failed for good.
+    pub deliveries_failed: Counter,
+}
+
+/// Errors of the runtime API. `code()` maps to the control plane's error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad input from a client.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(#[from] pincer_store::StoreError),
+    /// The gateway is shutting down.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl RuntimeError {
+    /// OpenClaw error code: `INVALID_REQUEST` or `UNAVAILABLE`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::Invalid(_) => "INVALID_REQUEST",
+            _ => "UNAVAILABLE",
+        }
+    }
+}
+
+/// What happened to an inbound message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Accepted; a run was queued.
+    Accepted {
+        /// Run id.
+        run_id: String,
+        /// Session key.
+        session_key: SessionKey,
+    },
+    /// Not run; the reason code was logged.
+    Dropped(DropReason),
+}
+
+/// A turn submitted through the control plane or the CLI (`chat.send`, `agent`).
+#[derive(Clone, Debug, Default)]
+pub struct SubmitTurn {
+    /// Session key (bare keys are qualified with the agent). Default: the agent's main session.
+    pub session_key: Option<String>,
+    /// Agent id. Default: from the session key, else the default agent.
+    pub agent_id: Option<String>,
+    /// The user's message.
+    pub message: String,
+    /// Idempotency key; becomes the run id.
+    pub idempotency_key: Option<String>,
+    /// Deliver the reply to this channel target (through the outbox) instead of only the
+    /// session transcript.
+    pub deliver: Option<DeliveryTarget>,
+    /// Queue mode override.
+    pub queue_mode: Option<QueueMode>,
+    /// Ingress name for the dedupe ledger (`webchat`, `api`, `cli`).
+    pub ingress: String,
+}
+
+/// The answer to [`GatewayHandle::submit`].
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// Run id.
+    pub run_id: String,
+    /// Session key.
+    pub session_key: SessionKey,
+    /// True when the idempotency key was seen before: nothing new was started.
+    pub duplicate: bool,
+    /// Current info (for a duplicate, the original run's).
+    pub info: Option<RunInfo>,
+}
+
+/// An outbound send outside a run (`send`, `pincer message send`).
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// Channel id.
+    pub channel: String,
+    /// Account id (default `default`).
+    pub account: Option<String>,
+    /// Platform target.
+    pub to: String,
+    /// Thread.
+    pub thread_id: Option<String>,
+    /// Text.
+    pub text: String,
+    /// Idempotency key; a repeat returns the first row.
+    pub idempotency_key: Option<String>,
+    /// Session to mirror the text into, if any.
+    pub session_key: Option<String>,
+}
+
+/// Report of a config apply.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// New generation.
+    pub generation: u64,
+    /// Changed config paths.
+    pub changed: Vec<String>,
+    /// Paths that only take effect after a restart of the gateway process.
+    pub restart_required: Vec<String>,
+    /// Time of the apply, ms since the epoch.
+    pub applied_at: i64,
+}
+
+/// Options for [`Gateway::start`].
+pub struct GatewayOptions {
+    /// State directory (already locked by the caller).
+    pub state_dir: PathBuf,
+    /// Config file path, if any (for status).
+    pub config_path: Option<PathBuf>,
+    /// Validated config.
+    pub config: Config,
+    /// sha256 of its text.
+    pub config_hash: String,
+    /// Validation warnings, shown in status.
+    pub warnings: Vec<String>,
+    /// The open store.
+    pub store: Arc<Store>,
+    /// Version string for `hello-ok.server.version`.
+    pub version: String,
+    /// Start the delivery worker (tests and benchmarks may turn it off).
+    pub deliver: bool,
+}
+
+/// Shared state. Reached through [`GatewayHandle`].
+pub struct Inner {
+    pub(crate) sup: Supervisor,
+    pub(crate) store: Arc<Store>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) events: EventBus,
+    sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
+    next_actor: AtomicU64,
+    runs: Mutex<RunRegistry>,
+    pub(crate) run_permits: Arc<Semaphore>,
+    permits_total: AtomicU64,
+    pub(crate) delivery_wake: Notify,
+    pub(crate) counters: Counters,
+    methods: ArcSwap<MethodTable>,
+    http: reqwest::Client,
+    started: Instant,
+    started_at_ms: i64,
+    version: String,
+    state_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    warnings: Mutex<Vec<String>>,
+    last_reload: Mutex<Option<ReloadReport>>,
+    last_reload_error: Mutex<Option<Value>>,
+}
+
+/// The running gateway. Dropping it without [`Gateway::shutdown`] aborts nothing gracefully.
+pub struct Gateway {
+    handle: GatewayHandle,
+}
+
+/// Cheap, cloneable handle to the running gateway.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn update_run(&self, turn: &Turn, f: impl Fn(&mut RunInfo)) {
+        let mut runs = lock(&self.runs);
+        runs.update(&turn.run_id, &f);
+        for id in &turn.merged_runs {
+            runs.update(id, &f);
+        }
+    }
+
+    /// Remove the session entry if it still belongs to actor `id`.
+    pub(crate) fn remove_session_if(&self, key: &SessionKey, id: u64) -> bool {
+        let mut map = lock(&self.sessions);
+        if map.get(key).is_some_and(|h| h.id == id) {
+            map.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Gateway {
+    /// Build the runtime, reconcile what a previous process left behind (in-flight outbox
+    /// rows, unfinished inbound messages), and start the delivery worker.
+    /// Errors: store failures while recovering.
+    pub async fn start(opts: GatewayOptions) -> Result<Gateway, RuntimeError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pincer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RuntimeError::Invalid(format!("cannot build HTTP client: {e}")))?;
+        let max = opts.config.agents.defaults.max_concurrent.max(1) as usize;
+        let snapshot = Snapshot::build(opts.config, opts.config_hash, 1, http.clone());
+        let inner = Arc::new(Inner {
+            sup: Supervisor::new(),
+            store: opts.store,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            events: EventBus::new(1024),
+            sessions: Mutex::new(HashMap::new()),
+            next_actor: AtomicU64::new(1),
+            runs: Mutex::new(RunRegistry::default()),
+            run_permits: Arc::new(Semaphore::new(max)),
+            permits_total: AtomicU64::new(max as u64),
+            delivery_wake: Notify::new(),
+            counters: Counters::default(),
+            methods: ArcSwap::from_pointee(MethodTable::core(1)),
+            http,
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            version: opts.version,
+            state_dir: opts.state_dir,
+            config_path: opts.config_path,
+            warnings: Mutex::new(opts.warnings),
+            last_reload: Mutex::new(None),
+            last_reload_error: Mutex::new(None),
+        });
+        let handle = GatewayHandle { inner: inner.clone() };
+        crate::delivery::recover(&inner).await;
+        handle.resume_unfinished()?;
+        if opts.deliver {
+            let i2 = inner.clone();
+            inner.sup.spawn("delivery-worker", crate::delivery::run(i2));
+        }
+        Ok(Gateway { handle })
+    }
+
+    /// A handle for the control plane and channels.
+    pub fn handle(&self) -> GatewayHandle {
+        self.handle.clone()
+    }
+
+    /// Stop: cancel every task and wait up to `deadline`. Runs cut short stay unfinished in the
+    /// store and are resumed by the next start.
+    pub async fn shutdown(self, deadline: Duration) -> StopOutcome {
+        let inner = &self.handle.inner;
+        inner.events.emit("shutdown", json!({"reason": "gateway stopping"}), EventScope::All);
+        inner.sup.shutdown(deadline).await
+    }
+}
+
+impl GatewayHandle {
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// The current method table.
+    pub fn methods(&self) -> Arc<MethodTable> {
+        self.inner.methods.load_full()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The supervisor (for the control plane's own tasks).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.inner.sup
+    }
+
+    /// Version string.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// Uptime in ms.
+    pub fn uptime_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Route, decide and accept one inbound channel message. Routing is a pure function of the
+    /// event and the current snapshot; the wake decision is logged with its reason code; the
+    /// dedupe ledger guarantees at most one run per (channel, account, message id).
+    pub fn ingest(&self, inbound: Inbound, policy: &WakePolicy) -> Result<IngestOutcome, RuntimeError> {
+        let snap = self.inner.snapshot.load();
+        let route = resolve_route(&snap.config, &inbound);
+        let decision = decide(&inbound, policy, snap.patterns_for(&route.agent_id));
+        let reason = match decision {
+            WakeDecision::Drop(r) => {
+                self.inner.counters.inbound_dropped.inc();
+                tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
+                    reason = r.code(), "inbound dropped");
+                return Ok(IngestOutcome::Dropped(r));
+            }
+            WakeDecision::Wake(r) => r,
+        };
+        let run_id = format!("{}:{}:{}", inbound.channel, inbound.account, inbound.message_id);
+        let accepted = self.inner.store.accept_turn(&AcceptInbound {
+            channel: inbound.channel.as_str(),
+            account: inbound.account.as_str(),
+            message_id: &inbound.message_id,
+            session_key: route.session_key.as_str(),
+            agent_id: route.agent_id.as_str(),
+            run_id: &run_id,
+            text: &inbound.text,
+            target: Some(&route.delivery),
+            chat_kind: Some(inbound.chat_kind),
+            now_ms: now_ms(),
+            dedupe_ttl_ms: DEDUPE_TTL_MS,
+        })?;
+        let Some(acc) = accepted else {
+            self.inner.counters.inbound_duplicate.inc();
+            tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
+                reason = "duplicate", "inbound dropped");
+            return Ok(IngestOutcome::Dropped(DropReason::Duplicate));
+        };
+        self.inner.counters.inbound_accepted.inc();
+        tracing::debug!(session = %route.session_key, wake = ?reason, "inbound accepted");
+        let turn = Turn {
+            run_id: run_id.clone(),
+            session_key: route.session_key.clone(),
+            agent_id: route.agent_id,
+            text: inbound.text,
+            inbound_ids: vec![acc.inbound_id],
+            user_seq: acc.user_seq,
+            reply_to: ReplyTo::Channel(route.delivery),
+            queue_mode: None,
+            cancel: CancellationToken::new(),
+            merged_runs: Vec::new(),
+        };
+        self.dispatch(turn);
+        Ok(IngestOutcome::Accepted { run_id, session_key: route.session_key })
+    }
+
+    /// Accept a control-plane or CLI turn (`chat.send`, `agent`). Errors: an empty message, a
+    /// malformed session key, store failures.
+    pub fn submit(&self, req: SubmitTurn) -> Result<Submitted, RuntimeError> {
+        if self.inner.sup.is_shutting_down() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        if req.message.trim().is_empty() {
+            return Err(RuntimeError::Invalid("message must not be empty".into()));
+        }
+        let snap = self.inner.snapshot.load();
+        let default_agent = match &req.agent_id {
+            Some(a) if !a.trim().is_empty() => {
+                if !AgentId::is_valid(a.trim()) {
+                    return Err(RuntimeError::Invalid(format!("invalid agentId {a:?}")));
+                }
+                AgentId::new(a)
+            }
+            _ => snap.config.default_agent_id(),
+        };
+        let key = match req.session_key.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(k) => SessionKey::qualify(k, &default_agent).map_err(|e| RuntimeError::Invalid(e.to_string()))?,
+            None => SessionKey::main(&default_agent, &snap.config.session.main_key),
+        };
+        let agent = SessionKey::parse(key.as_str()).map(|p| p.agent).unwrap_or(default_agent);
+        let run_id = req.idempotency_key.clone().filter(|k| !k.trim().is_empty()).unwrap_or_else(new_run_id);
+        if let Some(info) = lock(&self.inner.runs).get(&run_id) {
+            return Ok(Submitted { run_id, session_key: key, duplicate: true, info: Some(info) });
+        }
+        let ingress = if req.ingress.is_empty() { "api" } else { req.ingress.as_str() };
+        let accepted = self.inner.store.accept_turn(&AcceptInbound {
+            channel: ingress,
+            account: AccountId::DEFAULT,
+            message_id: &run_id,
+            session_key: key.as_str(),
+            agent_id: agent.as_str(),
+            run_id: &run_id,
+            text: &req.message,
+            target: req.deliver.as_ref(),
+            chat_kind: None,
+            now_ms: now_ms(),
+            dedupe_ttl_ms: DEDUPE_TTL_MS,
+        })?;
+        let Some(acc) = accepted else {
+            // Seen before this process started: report the recorded outcome.
+            let info = self.inner.store.inbound_outcome(ingress, AccountId::DEFAULT, &run_id)?.map(|o| RunInfo {
+                run_id: run_id.clone(),
+                session_key: key.as_str().to_string(),
+                agent_id: agent.as_str().to_string(),
+                status: match o.outcome.as_deref() {
+                    Some("replied") => RunStatus::Ok,
+                    Some("silent") => RunStatus::Silent,
+                    Some(_) => RunStatus::Error,
+                    None => RunStatus::Queued,
+                },
+                text: None,
+                error: o.reason,
+                accepted_at: o.received_at,
+                started_at: None,
+                ended_at: o.finished_at,
+            });
+            return Ok(Submitted { run_id, session_key: key, duplicate: true, info });
+        };
+        let turn = Turn {
+            run_id: run_id.clone(),
+            session_key: key.clone(),
+            agent_id: agent,
+            text: req.message,
+            inbound_ids: vec![acc.inbound_id],
+            user_seq: acc.user_seq,
+            reply_to: req.deliver.map_or(ReplyTo::Session, ReplyTo::Channel),
+            queue_mode: req.queue_mode,
+            cancel: CancellationToken::new(),
+            merged_runs: Vec::new(),
+        };
+        let info = self.register_run(&turn);
+        self.dispatch(turn);
+        Ok(Submitted { run_id, session_key: key, duplicate: false, info: Some(info) })
+    }
+
+    fn register_run(&self, turn: &Turn) -> RunInfo {
+        let info = RunInfo {
+            run_id: turn.run_id.clone(),
+            session_key: turn.session_key.as_str().to_string(),
+            agent_id: turn.agent_id.as_str().to_string(),
+            status: RunStatus::Queued,
+            text: None,
+            error: None,
+            accepted_at: now_ms(),
+            started_at: None,
+            ended_at: None,
+        };
+        lock(&self.inner.runs).insert(info.clone(), turn.cancel.clone());
+        info
+    }
+
+    fn dispatch(&self, turn: Turn) {
+        let key = turn.session_key.clone();
+        let mut msg = SessionMsg::Turn(Box::new(turn));
+        let mut map = lock(&self.inner.sessions);
+        if let Some(h) = map.get(&key) {
+            match h.tx.send(msg) {
+                Ok(()) => return,
+                Err(e) => {
+                    msg = e.0;
+                    map.remove(&key);
+                }
+            }
+        }
+        let id = self.inner.next_actor.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(msg);
+        map.insert(key.clone(), SessionHandle { tx, id });
+        drop(map);
+        self.inner.sup.spawn("session-actor", crate::session::run_actor(self.inner.clone(), key, id, rx));
+    }
+
+    /// Re-dispatch inbound messages a previous process accepted but never finished.
+    fn resume_unfinished(&self) -> Result<(), RuntimeError> {
+        let pending = self.inner.store.unfinished_turns()?;
+        if !pending.is_empty() {
+            tracing::warn!(count = pending.len(), "resuming messages accepted before the last stop");
+        }
+        for p in pending {
+            let turn = Turn {
+                run_id: p.run_id,
+                session_key: SessionKey::from_raw(p.session_key),
+                agent_id: AgentId::new(&p.agent_id),
+                text: p.text,
+                inbound_ids: vec![p.inbound_id],
+                user_seq: p.user_seq,
+                reply_to: p.target.map_or(ReplyTo::Session, ReplyTo::Channel),
+                queue_mode: None,
+                cancel: CancellationToken::new(),
+                merged_runs: Vec::new(),
+            };
+            self.register_run(&turn);
+            self.dispatch(turn);
+        }
+        Ok(())
+    }
+
+    /// Info about a run.
+    pub fn run_info(&self, run_id: &str) -> Option<RunInfo> {
+        lock(&self.inner.runs).get(run_id)
+    }
+
+    /// Wait until a run is terminal or `timeout` passes; returns the latest info.
+    pub async fn wait_run(&self, run_id: &str, timeout: Duration) -> Option<RunInfo> {
+        let mut rx = lock(&self.inner.runs).watch(run_id)?;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|i| i.status.is_terminal())).await;
+        let info = rx.borrow().clone();
+        Some(info)
+    }
+
+    /// Abort queued and active runs of a session, or one run. Returns the run ids aborted.
+    pub fn abort(&self, session_key: Option<&str>, run_id: Option<&str>) -> Vec<String> {
+        let runs = lock(&self.inner.runs);
+        let ids: Vec<String> = match (run_id, session_key) {
+            (Some(r), _) => runs.get(r).filter(|i| !i.status.is_terminal()).map(|i| vec![i.run_id]).unwrap_or_default(),
+            (None, Some(k)) => runs.active_for_session(k),
+            (None, None) => Vec::new(),
+        };
+        for id in &ids {
+            if let Some(t) = runs.cancel_token(id) {
+                t.cancel();
+            }
+        }
+        drop(runs);
+        if run_id.is_none() {
+            if let Some(k) = session_key {
+                if let Some(h) = lock(&self.inner.sessions).get(&SessionKey::from_raw(k)) {
+                    let _ = h.tx.send(SessionMsg::Abort);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Queue an outbound message (outbox row first, then the platform call by the worker).
+    /// Returns `(outbox id, created)`; `created` is false for a repeated idempotency key.
+    /// Errors: unknown channel account, empty text or target.
+    pub fn send(&self, req: SendRequest) -> Result<(i64, bool), RuntimeError> {
+        if req.text.trim().is_empty() {
+            return Err(RuntimeError::Invalid("message must not be empty".into()));
+        }
+        if req.to.trim().is_empty() {
+            return Err(RuntimeError::Invalid("target (to) must not be empty".into()));
+        }
+        let account = AccountId::new(req.account.as_deref().unwrap_or(""));
+        let channel = ChannelId::new(&req.channel);
+        let snap = self.inner.snapshot.load();
+        if snap.sender(channel.as_str(), account.as_str()).is_none() {
+            let known: Vec<String> = snap.senders.keys().map(|(c, a)| format!("{c}/{a}")).collect();
+            return Err(RuntimeError::Invalid(format!(
+                "channel {channel} account {account} is not configured (configured: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+        let target = DeliveryTarget { channel, account, to: req.to, thread_id: req.thread_id, reply_to_id: None };
+        let mut row = NewOutbox::new(target, req.text);
+        row.idempotency_key = req.idempotency_key;
+        row.session_key = req.session_key;
+        let enq = self.inner.store.enqueue_outbox(&row, now_ms())?;
+        let (id, created) = (enq.id, enq.created);
+        tracing::info!(outbox_id = id, created, "outbound message queued");
+        self.inner.delivery_wake.notify_one();
+        Ok((id, created))
+    }
+
+    /// Put a `failed` or `unknown` delivery back in the queue (as a copy at the end of its
+    /// target's lane). Returns the new row id, or `None` when the row does not exist or is in
+    /// another state.
+    pub fn retry_delivery(&self, id: i64) -> Result<Option<i64>, RuntimeError> {
+        let copy = self.inner.store.requeue_outbox(id, now_ms())?;
+        if copy.is_some() {
+            self.inner.delivery_wake.notify_one();
+        }
+        Ok(copy)
+    }
+
+    /// Apply a validated config: build a new snapshot (generation + 1) and publish it
+    /// atomically. Runs in flight keep the snapshot they started with.
+    pub fn apply_config(&self, config: Config, hash: String, warnings: Vec<String>) -> ReloadReport {
+        let old = self.inner.snapshot.load_full();
+        let old_v = serde_json::to_value(&*old.config).unwrap_or(Value::Null);
+        let new_v = serde_json::to_value(&config).unwrap_or(Value::Null);
+        let changed = pincer_core::config::diff(&old_v, &new_v);
+        let restart_required: Vec<String> = changed
+            .iter()
+            .filter(|p| matches!(pincer_core::config::classify(p), pincer_core::config::ChangeKind::RestartGateway))
+            .cloned()
+            .collect();
+        let want = config.agents.defaults.max_concurrent.max(1) as u64;
+        let generation = old.generation + 1;
+        let snap = Snapshot::build(config, hash, generation, self.inner.http.clone());
+        self.inner.snapshot.store(Arc::new(snap));
+        self.resize_permits(want);
+        *lock(&self.inner.warnings) = warnings;
+        let report = ReloadReport { generation, changed, restart_required, applied_at: now_ms() };
+        tracing::info!(generation, changed = report.changed.len(), restart_required = ?report.restart_required, "config applied");
+        *lock(&self.inner.last_reload) = Some(report.clone());
+        *lock(&self.inner.last_reload_error) = None;
+        self.inner.delivery_wake.notify_one();
+        report
+    }
+
+    fn resize_permits(&self, want: u64) {
+        let have = self.inner.permits_total.swap(want, Ordering::SeqCst);
+        if want > have {
+            self.inner.run_permits.add_permits((want - have) as usize);
+        } else if want < have {
+            let sem = self.inner.run_permits.clone();
+            let n = (have - want) as u32;
+            self.inner.sup.spawn("shrink-permits", async move {
+                if let Ok(p) = sem.acquire_many_owned(n).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// Record a reload that was refused (invalid file): shown in `status` until the next
+    /// successful apply.
+    pub fn record_reload_error(&self, source: &str, message: &str) {
+        *lock(&self.inner.last_reload_error) = Some(json!({"source": source, "message": message, "at": now_ms()}));
+    }
+
+    /// `health` payload.
+    pub fn health(&self) -> Value {
+        let snap = self.inner.snapshot.load();
+        let counts = self.inner.store.outbox_counts().ok();
+        json!({
+            "ok": true,
+            "ts": now_ms(),
+            "uptimeMs": self.uptime_ms(),
+            "defaultAgentId": snap.config.default_agent_id().as_str(),
+            "configGeneration": snap.generation,
+            "channels": {},
+            "channelOrder": [],
+            "outbox": counts,
+        })
+    }
+
+    /// `status` payload: what an operator needs to see at a glance.
+    pub fn status(&self) -> Value {
+        let snap = self.inner.snapshot.load();
+        let desc = snap.runner.describe(&snap.config.agent_model_chain(&snap.config.default_agent_id()));
+        let counts = self.inner.store.outbox_counts().ok();
+        let failed: Vec<Value> = self
+            .inner
+            .store
+            .list_outbox(Some(OutboxStatus::Failed), 10)
+            .unwrap_or_default()
+            .into_iter()
+            .chain(self.inner.store.list_outbox(Some(OutboxStatus::Unknown), 10).unwrap_or_default())
+            .map(|r| json!({"id": r.id, "status": r.status.as_str(), "channel": r.target.channel.as_str(), "to": r.target.to, "error": r.last_error}))
+            .collect();
+        let c = &self.inner.counters;
+        json!({
+            "runtimeVersion": self.inner.version,
+            "pid": std::process::id(),
+            "uptimeMs": self.uptime_ms(),
+            "startedAt": self.inner.started_at_ms,
+            "stateDir": self.inner.state_dir.display().to_string(),
+            "configPath": self.inner.config_path.as_ref().map(|p| p.display().to_string()),
+            "config": {"generation": snap.generation, "hash": snap.hash, "warnings": *lock(&self.inner.warnings),
+                       "problems": snap.problems, "lastReload": *lock(&self.inner.last_reload),
+                       "lastReloadError": *lock(&self.inner.last_reload_error)},
+            "agent": {"summary": desc.summary(), "model": desc},
+            "sessions": {"active": lock(&self.inner.sessions).len()},
+            "runs": {"active": lock(&self.inner.runs).active_count(), "ok": c.runs_ok.get(), "silent": c.runs_silent.get(), "failed": c.runs_failed.get()},
+            "inbound": {"accepted": c.inbound_accepted.get(), "dropped": c.inbound_dropped.get(), "duplicates": c.inbound_duplicate.get()},
+            "outbox": counts,
+            "failedDeliveries": failed,
+            "channels": snap.senders.keys().map(|(c, a)| json!({"channel": c, "accountId": a})).collect::<Vec<_>>(),
+            "tasks": self.inner.sup.task_count(),
+        })
+    }
+
+    /// Config path (for reload and `config.get`).
+    pub fn config_path(&self) -> Option<&PathBuf> {
+        self.inner.config_path.as_ref()
+    }
+}
+
+/// A fresh random run id.
+pub fn new_run_id() -> String {
+    use rand::Rng;
+    let n: u128 = rand::thread_rng().gen();
+    format!("run-{n:032x}")
+}

@@ -1,0 +1,351 @@
+//! The CLI's control-plane client: connects to the running gateway's WebSocket, performs the
+//! `connect` handshake with the gateway token, and calls methods. `agent` falls back to an
+//! in-process run when no gateway is running.
+
+use crate::cli::AgentArgs;
+use crate::{config_file, paths};
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOpts {
+    /// Explicit URL.
+    pub url: Option<String>,
+    /// Explicit token.
+    pub token: Option<String>,
+    /// State dir.
+    pub state: PathBuf,
+    /// Config path.
+    pub config_path: PathBuf,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connected, authenticated client.
+pub struct Client {
+    ws: Ws,
+    next: u64,
+}
+
+/// Why connecting failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Nothing listens: the gateway is not running.
+    NotRunning(String),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NotRunning(url) => {
+                write!(f, "no gateway is running at {url} (start one with `pincer gateway run`)")
+            }
+            ConnectError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+fn resolve_url(opts: &ConnectOpts) -> String {
+    if let Some(u) = &opts.url {
+        return u.clone();
+    }
+    if let Ok(addr) = std::fs::read_to_string(paths::address_file(&opts.state)) {
+        let addr = addr.trim();
+        if !addr.is_empty() {
+            return format!("ws://{addr}/");
+        }
+    }
+    let port = config_file::load(&opts.config_path)
+        .map(|l| l.config.gateway.port)
+        .unwrap_or(pincer_core::config::DEFAULT_PORT);
+    format!("ws://127.0.0.1:{port}/")
+}
+
+fn resolve_token(opts: &ConnectOpts) -> Option<String> {
+    if let Some(t) = &opts.token {
+        return Some(t.clone());
+    }
+    if let Ok(t) = std::env::var("PINCER_GATEWAY_TOKEN") {
+        if !t.is_empty() {
+            return Some(t);
+        }
+    }
+    if let Ok(l) = config_file::load(&opts.config_path) {
+        if let Some(t) = l.config.gateway.auth.token {
+            return Some(t);
+        }
+    }
+    std::fs::read_to_string(paths::token_file(&opts.state)).ok().map(|t| t.trim().to_string())
+}
+
+impl Client {
+    /// Connect and authenticate. Errors name the URL and the cause.
+    pub async fn connect(opts: &ConnectOpts) -> Result<Client> {
+        Self::try_connect(opts).await.map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Like [`Client::connect`], telling "not running" apart.
+    pub async fn try_connect(opts: &ConnectOpts) -> Result<Client, ConnectError> {
+        let url = resolve_url(opts);
+        let token = resolve_token(opts);
+        let (ws, _) = match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&url)).await
+        {
+            Err(_) => return Err(ConnectError::Other(anyhow!("timed out connecting to {url}"))),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                return Err(ConnectError::NotRunning(url))
+            }
+            Ok(Err(e)) => return Err(ConnectError::Other(anyhow!("cannot connect to {url}: {e}"))),
+            Ok(Ok(x)) => x,
+        };
+        let mut c = Client { ws, next: 1 };
+        let params = json!({
+            "minProtocol": 4, "maxProtocol": 4,
+            "client": {"id": "pincer-cli", "version": env!("CARGO_PKG_VERSION"), "platform": std::env::consts::OS, "mode": "cli"},
+            "role": "operator", "scopes": ["operator.read", "operator.write", "operator.admin"],
+            "auth": {"token": token},
+        });
+        match c.call("connect", params).await.map_err(ConnectError::Other)? {
+            Ok(_) => Ok(c),
+            Err(e) => Err(ConnectError::Other(anyhow!(
+                "gateway refused the connection: {} ({})",
+                e["message"].as_str().unwrap_or("?"),
+                e["code"].as_str().unwrap_or("?")
+            ))),
+        }
+    }
+
+    async fn send_req(&mut self, method: &str, params: Value) -> Result<String> {
+        let id = format!("cli-{}", self.next);
+        self.next += 1;
+        let frame = json!({"type": "req", "id": id, "method": method, "params": params});
+        self.ws.send(Message::Text(frame.to_string().into())).await.context("send failed")?;
+        Ok(id)
+    }
+
+    async fn next_res(&mut self, id: &str) -> Result<Result<Value, Value>> {
+        loop {
+            let msg = self.ws.next().await.ok_or_else(|| anyhow!("gateway closed the connection"))??;
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(f) => {
+                    bail!("gateway closed the connection: {}", f.map(|f| f.reason.to_string()).unwrap_or_default())
+                }
+                _ => continue,
+            };
+            let v: Value = serde_json::from_str(&text).context("gateway sent invalid JSON")?;
+            if v["type"] == "res" && v["id"] == id {
+                return Ok(if v["ok"] == true { Ok(v["payload"].clone()) } else { Err(v["error"].clone()) });
+            }
+        }
+    }
+
+    /// Call a method: `Ok(Ok(payload))`, `Ok(Err(error object))`, or a transport error.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Result<Value, Value>> {
+        let id = self.send_req(method, params).await?;
+        self.next_res(&id).await
+    }
+
+    /// Call `agent` and wait for its second (final) response.
+    pub async fn agent(&mut self, params: Value) -> Result<Result<Value, Value>> {
+        let id = self.send_req("agent", params).await?;
+        match self.next_res(&id).await? {
+            Ok(ack) if ack["status"] == "accepted" => self.next_res(&id).await,
+            other => Ok(other),
+        }
+    }
+}
+
+/// `pincer agent`.
+pub async fn agent(conn: &ConnectOpts, args: AgentArgs) -> Result<u8> {
+    let key = crate::cli::new_idempotency_key();
+    match Client::try_connect(conn).await {
+        Ok(mut c) => {
+            let params = json!({"message": args.message, "sessionKey": args.session, "agentId": args.agent,
+                                "idempotencyKey": key, "timeout": args.timeout});
+            let res = c.agent(params).await?;
+            Ok(print_agent_result(res, args.json))
+        }
+        Err(ConnectError::NotRunning(_)) => in_process_agent(conn, args, key).await,
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+fn print_agent_result(res: Result<Value, Value>, json: bool) -> u8 {
+    match res {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if let Some(t) = v["result"]["text"].as_str() {
+                println!("{t}");
+            } else if v["result"]["status"] == "silent" {
+                eprintln!("(the agent chose not to reply: NO_REPLY)");
+            } else if let Some(e) = v["result"]["error"].as_str() {
+                eprintln!("error: {e}");
+            }
+            if v["status"] == "ok" {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "error: {} ({})",
+                e["message"].as_str().unwrap_or("request failed"),
+                e["code"].as_str().unwrap_or("?")
+            );
+            1
+        }
+    }
+}
+
+/// Run one turn without a gateway: lock the state dir, open the store, start a runtime
+/// without the delivery worker, run, print, stop.
+async fn in_process_agent(conn: &ConnectOpts, args: AgentArgs, key: String) -> Result<u8> {
+    paths::ensure_state_dir(&conn.state)?;
+    let _lock = pincer_store::StateLock::acquire(&conn.state).map_err(|e| anyhow!("{e}"))?;
+    let loaded = match config_file::load(&conn.config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(crate::cli::EXIT_CONFIG);
+        }
+    };
+    let store = std::sync::Arc::new(pincer_store::Store::open(&conn.state).map_err(|e| anyhow!("{e}"))?);
+    let gw = pincer_runtime::Gateway::start(pincer_runtime::GatewayOptions {
+        state_dir: conn.state.clone(),
+        config_path: loaded.path.clone(),
+        config: loaded.config,
+        config_hash: loaded.hash,
+        warnings: loaded.warnings,
+        store,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        deliver: false,
+    })
+    .await?;
+    let h = gw.handle();
+    let submitted = h.submit(pincer_runtime::SubmitTurn {
+        session_key: args.session,
+        agent_id: args.agent,
+        message: args.message,
+        idempotency_key: Some(key),
+        deliver: None,
+        queue_mode: None,
+        ingress: "cli".into(),
+    });
+    let code = match submitted {
+        Ok(s) => {
+            let info = h.wait_run(&s.run_id, Duration::from_secs(args.timeout)).await;
+            let status = match info.as_ref().map(|i| i.status) {
+                Some(pincer_runtime::runs::RunStatus::Ok) | Some(pincer_runtime::runs::RunStatus::Silent) => "ok",
+                Some(pincer_runtime::runs::RunStatus::Timeout) => "timeout",
+                _ => "error",
+            };
+            print_agent_result(
+                Ok(json!({"runId": s.run_id, "status": status, "result": info, "inProcess": true})),
+                args.json,
+            )
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    gw.shutdown(Duration::from_secs(5)).await;
+    Ok(code)
+}
+
+/// Human output of `status`.
+pub fn print_status(v: &Value) {
+    println!(
+        "pincer {} (pid {}), up {} s",
+        v["runtimeVersion"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["uptimeMs"].as_u64().unwrap_or(0) / 1000
+    );
+    println!("  state dir:  {}", v["stateDir"].as_str().unwrap_or("?"));
+    println!(
+        "  config:     {} (generation {})",
+        v["configPath"].as_str().unwrap_or("embedded defaults"),
+        v["config"]["generation"]
+    );
+    for w in v["config"]["warnings"].as_array().into_iter().flatten() {
+        println!("    warning: {}", w.as_str().unwrap_or(""));
+    }
+    println!("  agent:      {}", v["agent"]["summary"].as_str().unwrap_or("?"));
+    println!(
+        "  runs:       {} active, {} ok, {} silent, {} failed",
+        v["runs"]["active"], v["runs"]["ok"], v["runs"]["silent"], v["runs"]["failed"]
+    );
+    println!(
+        "  inbound:    {} accepted, {} dropped, {} duplicates",
+        v["inbound"]["accepted"], v["inbound"]["dropped"], v["inbound"]["duplicates"]
+    );
+    println!("  outbox:     {}", v["outbox"]);
+    for f in v["failedDeliveries"].as_array().into_iter().flatten() {
+        println!(
+            "    delivery {} {} to {} {}: {}",
+            f["id"],
+            f["status"].as_str().unwrap_or(""),
+            f["channel"].as_str().unwrap_or(""),
+            f["to"].as_str().unwrap_or(""),
+            f["error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// Human output of `sessions.list`.
+pub fn print_sessions(v: &Value) {
+    let rows = v["sessions"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no sessions");
+    }
+    for s in rows {
+        println!(
+            "{}  agent={}  messages={}  updated={}",
+            s["key"].as_str().unwrap_or("?"),
+            s["agentId"].as_str().unwrap_or("?"),
+            s["messageCount"],
+            s["updatedAt"]
+        );
+    }
+}
+
+/// Human output of `sessions.get`.
+pub fn print_session(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(&v["session"]).unwrap_or_default());
+    for e in v["transcript"].as_array().into_iter().flatten() {
+        println!("[{}] {}: {}", e["seq"], e["role"].as_str().unwrap_or("?"), e["text"].as_str().unwrap_or(""));
+    }
+}
+
+/// Human output of `deliveries.list`.
+pub fn print_deliveries(v: &Value) {
+    let rows = v["deliveries"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no deliveries");
+    }
+    for r in rows {
+        println!(
+            "{:>6}  {:<8} {}/{} -> {}  attempts={}  {}",
+            r["id"],
+            r["status"].as_str().unwrap_or("?"),
+            r["channel"].as_str().unwrap_or("?"),
+            r["accountId"].as_str().unwrap_or("?"),
+            r["to"].as_str().unwrap_or("?"),
+            r["attempts"],
+            r["lastError"].as_str().unwrap_or("")
+        );
+    }
+}

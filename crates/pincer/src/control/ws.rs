@@ -1,0 +1,325 @@
+//! The WebSocket protocol (OpenClaw gateway protocol v4, reference §2 and the observed frames
+//! in `openclaw-wire.md`): `connect.challenge` → `connect` → `hello-ok`, then `req`/`res`
+//! frames and `event` frames with a per-connection `seq`.
+
+use super::{dispatch, ControlState, PROTOCOL_VERSION};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use pincer_runtime::events::EventScope;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Pre-auth frame cap (64 KiB).
+pub const PRE_AUTH_MAX: usize = 64 * 1024;
+/// Handshake timeout.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Post-handshake max frame (25 MiB, `policy.maxPayload`).
+pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
+/// Per-connection send buffer cap (`policy.maxBufferedBytes`).
+pub const MAX_BUFFERED: usize = 50 * 1024 * 1024;
+/// Tick interval (`policy.tickIntervalMs`).
+pub const TICK: Duration = Duration::from_secs(30);
+
+/// Known operator scopes.
+const SCOPES: &[&str] = &["operator.read", "operator.write", "operator.admin"];
+
+pub(super) fn upgrade(state: ControlState, up: WebSocketUpgrade) -> Response {
+    up.max_message_size(MAX_PAYLOAD).max_frame_size(MAX_PAYLOAD).on_upgrade(move |socket| connection(state, socket))
+}
+
+/// An error object `{code, message, details?}`.
+pub fn err(code: &str, message: impl Into<String>) -> Value {
+    json!({"code": code, "message": message.into()})
+}
+
+fn res_err(id: &Value, error: Value) -> String {
+    json!({"type": "res", "id": id, "ok": false, "error": error}).to_string()
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+/// The authenticated client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Connection id.
+    pub conn_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Role (`operator`).
+    pub role: String,
+}
+
+async fn connection(state: ControlState, mut socket: WebSocket) {
+    let nonce: String = {
+        use rand::Rng;
+        let b: [u8; 16] = rand::thread_rng().gen();
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    };
+    let challenge = json!({"type": "event", "event": "connect.challenge", "payload": {"nonce": nonce, "ts": pincer_runtime::now_ms()}});
+    if socket.send(Message::Text(challenge.to_string().into())).await.is_err() {
+        return;
+    }
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.recv()).await {
+        Err(_) => {
+            close(&mut socket, 1008, "handshake timeout").await;
+            return;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return,
+        Ok(Some(Ok(m))) => m,
+    };
+    let text = match first {
+        Message::Text(t) => t.to_string(),
+        Message::Binary(_) => {
+            close(&mut socket, 1008, "invalid handshake: expected a JSON text frame").await;
+            return;
+        }
+        Message::Close(_) => return,
+        _ => {
+            close(&mut socket, 1008, "invalid handshake: first frame must be connect").await;
+            return;
+        }
+    };
+    if text.len() > PRE_AUTH_MAX {
+        close(&mut socket, 1009, "pre-auth frame too large (max 64 KiB)").await;
+        return;
+    }
+    let frame: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(_) => {
+            close(&mut socket, 1008, "invalid handshake: not JSON").await;
+            return;
+        }
+    };
+    let id = frame.get("id").cloned().unwrap_or(Value::Null);
+    if frame.get("type").and_then(Value::as_str) != Some("req")
+        || frame.get("method").and_then(Value::as_str) != Some("connect")
+    {
+        let _ = socket
+            .send(Message::Text(
+                res_err(&id, err("INVALID_REQUEST", "invalid handshake: first request must be connect")).into(),
+            ))
+            .await;
+        close(&mut socket, 1008, "invalid handshake: first request must be connect").await;
+        return;
+    }
+    let client = match authenticate(&state, frame.get("params").unwrap_or(&Value::Null)) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = e["message"].as_str().unwrap_or("connect failed").chars().take(120).collect::<String>();
+            let _ = socket.send(Message::Text(res_err(&id, e).into())).await;
+            close(&mut socket, 1008, &reason).await;
+            return;
+        }
+    };
+    // During an in-process restart, hold the handshake until the fresh runtime is up.
+    if !state.wait_ready(HANDSHAKE_TIMEOUT).await {
+        let e = json!({"code": "UNAVAILABLE", "message": "gateway is restarting; retry shortly", "retryable": true, "retryAfterMs": 1000,
+                       "details": {"reason": "restarting"}});
+        let _ = socket.send(Message::Text(res_err(&id, e).into())).await;
+        close(&mut socket, 1013, "gateway restarting").await;
+        return;
+    }
+    let gw = state.gateway();
+    let methods = gw.methods();
+    let hello = json!({
+        "type": "hello-ok",
+        "protocol": PROTOCOL_VERSION,
+        "server": {"version": gw.version(), "connId": client.conn_id},
+        "features": {"methods": methods.names(), "events": ["connect.challenge", "chat", "agent", "tick", "health", "shutdown"]},
+        "snapshot": {"presence": [], "health": gw.health(), "stateVersion": {"presence": 0, "health": 0}, "uptimeMs": gw.uptime_ms(),
+                     "appliedConfigHash": gw.snapshot().hash},
+        "auth": {"method": "token", "role": client.role, "scopes": client.scopes},
+        "policy": {"maxPayload": MAX_PAYLOAD, "maxBufferedBytes": MAX_BUFFERED, "tickIntervalMs": TICK.as_millis() as u64},
+    });
+    drop(methods);
+    let ok = json!({"type": "res", "id": id, "ok": true, "payload": hello});
+    if socket.send(Message::Text(ok.to_string().into())).await.is_err() {
+        return;
+    }
+    session(state, socket, client, gw).await;
+}
+
+fn authenticate(state: &ControlState, params: &Value) -> Result<Client, Value> {
+    let min = params.get("minProtocol").and_then(Value::as_u64).unwrap_or(PROTOCOL_VERSION);
+    let max = params.get("maxProtocol").and_then(Value::as_u64).unwrap_or(PROTOCOL_VERSION);
+    if min > PROTOCOL_VERSION || max < PROTOCOL_VERSION {
+        return Err(json!({"code": "INVALID_REQUEST",
+            "message": format!("protocol mismatch: server speaks protocol {PROTOCOL_VERSION}, client asked for {min}..{max}"),
+            "details": {"code": "PROTOCOL_MISMATCH", "serverProtocol": PROTOCOL_VERSION}}));
+    }
+    let role = params.get("role").and_then(Value::as_str).unwrap_or("operator");
+    if role != "operator" {
+        return Err(
+            json!({"code": "INVALID_REQUEST", "message": format!("unsupported role {role:?} (pincer accepts operator)")}),
+        );
+    }
+    let token = params.pointer("/auth/token").and_then(Value::as_str);
+    if !state.token_ok(token) {
+        let code = if token.is_none() { "AUTH_TOKEN_MISSING" } else { "AUTH_TOKEN_MISMATCH" };
+        return Err(
+            json!({"code": "FORBIDDEN", "message": "unauthorized: gateway token missing or wrong", "details": {"code": code}}),
+        );
+    }
+    let scopes: Vec<String> = params
+        .get("scopes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).filter(|s| SCOPES.contains(s)).map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok(Client { conn_id: state.next_conn_id(), scopes, role: role.to_string() })
+}
+
+/// After the handshake: requests, events, ticks. Writes go through one writer task fed by a
+/// channel, so long-running requests never block event delivery.
+async fn session(
+    state: ControlState,
+    socket: WebSocket,
+    client: Client,
+    gw: std::sync::Arc<pincer_runtime::GatewayHandle>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let mut events = gw.events().subscribe();
+    let generation = state.inner.generation.load_full();
+    let can_read = client.scopes.iter().any(|s| s == "operator.read" || s == "operator.admin" || s == "operator.write");
+    let writer = async move {
+        let mut seq: u64 = 0;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+        loop {
+            // Biased: queued responses and events (e.g. `shutdown`) go out before the close.
+            let frame = tokio::select! {
+                biased;
+                m = out_rx.recv() => match m {
+                    Some(Outgoing::Res(s)) => s,
+                    Some(Outgoing::Event(event, payload)) => { seq += 1; json!({"type": "event", "event": event, "payload": payload, "seq": seq}).to_string() }
+                    Some(Outgoing::Close(code, reason)) => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        return;
+                    }
+                    None => return,
+                },
+                ev = events.recv() => match ev {
+                    Ok(ev) => {
+                        if ev.scope == EventScope::Read && !can_read { continue; }
+                        seq += 1;
+                        json!({"type": "event", "event": ev.event, "payload": ev.payload, "seq": seq}).to_string()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "slow control-plane client lost events");
+                        continue;
+                    }
+                    Err(_) => continue,
+                },
+                _ = tick.tick() => { seq += 1; json!({"type": "event", "event": "tick", "payload": {"ts": pincer_runtime::now_ms()}, "seq": seq}).to_string() }
+                _ = generation.cancelled() => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1012, reason: "service restart".into() }))).await;
+                    return;
+                }
+            };
+            if sink.send(Message::Text(frame.into())).await.is_err() {
+                return;
+            }
+        }
+    };
+    let reader = {
+        let out_tx = out_tx.clone();
+        let client = client.clone();
+        async move {
+            while let Some(msg) = stream.next().await {
+                let text = match msg {
+                    Ok(Message::Text(t)) => t.to_string(),
+                    Ok(Message::Binary(_)) => {
+                        let _ = out_tx.send(Outgoing::Res(res_err(
+                            &Value::Null,
+                            err("INVALID_REQUEST", "binary frames are not supported"),
+                        )));
+                        continue;
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                let frame: Value = match serde_json::from_str(&text) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = out_tx.send(Outgoing::Res(res_err(
+                            &Value::Null,
+                            err("INVALID_REQUEST", format!("invalid frame: {e}")),
+                        )));
+                        continue;
+                    }
+                };
+                let id = frame.get("id").cloned().unwrap_or(Value::Null);
+                let method = frame.get("method").and_then(Value::as_str).unwrap_or("");
+                if frame.get("type").and_then(Value::as_str) != Some("req")
+                    || method.is_empty()
+                    || !(id.is_string() && id.as_str() != Some(""))
+                {
+                    let _ = out_tx.send(Outgoing::Res(res_err(
+                        &id,
+                        err("INVALID_REQUEST", "invalid frame: expected {type:\"req\", id, method, params}"),
+                    )));
+                    continue;
+                }
+                if method == "connect" {
+                    let _ = out_tx.send(Outgoing::Res(res_err(&id, err("INVALID_REQUEST", "already connected"))));
+                    continue;
+                }
+                let params = frame.get("params").cloned().unwrap_or_else(|| json!({}));
+                let req = dispatch::Request {
+                    id,
+                    method: method.to_string(),
+                    params,
+                    client: client.clone(),
+                    out: Responder(out_tx.clone()),
+                };
+                // Requests run concurrently; responses carry their id.
+                let st = state.clone();
+                let sup = st.gateway().supervisor().clone();
+                sup.spawn("ws-request", async move { dispatch::handle(st, req).await });
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+}
+
+/// Frames queued for the writer.
+pub enum Outgoing {
+    /// A serialised `res` frame.
+    Res(String),
+    /// An event addressed to this connection only.
+    Event(String, Value),
+    /// Close with code and reason.
+    Close(u16, String),
+}
+
+/// Sends responses for one request.
+#[derive(Clone)]
+pub struct Responder(mpsc::UnboundedSender<Outgoing>);
+
+impl Responder {
+    /// `res ok:true`.
+    pub fn ok(&self, id: &Value, payload: Value) {
+        let _ =
+            self.0.send(Outgoing::Res(json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string()));
+    }
+    /// `res ok:false`.
+    pub fn error(&self, id: &Value, error: Value) {
+        let _ = self.0.send(Outgoing::Res(res_err(id, error)));
+    }
+    /// An event to this connection only.
+    #[allow(dead_code)]
+    pub fn event(&self, event: &str, payload: Value) {
+        let _ = self.0.send(Outgoing::Event(event.to_string(), payload));
+    }
+    /// Close the connection.
+    #[allow(dead_code)]
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.0.send(Outgoing::Close(code, reason.to_string()));
+    }
+}

@@ -1,0 +1,388 @@
+//! `pincer gateway run`: lock the state dir, load the config, open the store, start the
+//! runtime and the control plane, then run the one control loop that every input feeds:
+//! signals (SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1/SIGUSR2 reload + in-process restart),
+//! the config file watcher, and `config.apply` from the control plane.
+
+use crate::cli::{RunArgs, EXIT_CONFIG};
+use crate::config_file::{self, LoadError};
+use crate::control::{self, ControlState};
+use crate::paths;
+use anyhow::{Context, Result};
+use pincer_core::config::{AuthMode, Config};
+use pincer_runtime::{Gateway, GatewayOptions};
+use pincer_store::{StateLock, Store};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a stop waits for runs and deliveries to drain before forcing.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Inputs of the control loop.
+pub enum ControlInput {
+    /// Re-read the config file (SIGHUP, file watcher).
+    Reload(&'static str),
+    /// Reload and rebuild the whole runtime in-process (SIGUSR1/SIGUSR2).
+    Restart(&'static str),
+    /// Validate and write new config text, then apply it (`config.apply`).
+    Apply {
+        /// Full config text (JSON5).
+        text: String,
+        /// Base hash for compare-and-swap, if the client gave one.
+        base_hash: Option<String>,
+        /// Result: the report as JSON, or an error `{code, message, details}`.
+        reply: oneshot::Sender<Result<serde_json::Value, serde_json::Value>>,
+    },
+    /// Stop the gateway.
+    Stop(&'static str),
+}
+
+fn bind_ip(bind: &str, custom: Option<&str>) -> Result<IpAddr> {
+    Ok(match bind {
+        "loopback" | "auto" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "lan" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "custom" => custom.context("gateway.bind is custom but gateway.customBindHost is not set")?.parse()?,
+        other => other
+            .parse()
+            .with_context(|| format!("invalid bind address {other:?} (use loopback, lan or an IP address)"))?,
+    })
+}
+
+/// Resolve the control-plane token: config, then `PINCER_GATEWAY_TOKEN`, then the state dir
+/// file, generating it there on first start. Returns `(token, generated_now)`.
+pub fn resolve_token(config: &Config, state: &Path) -> Result<(String, bool)> {
+    if let Some(t) = config.gateway.auth.token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok((t.clone(), false));
+    }
+    if let Ok(t) = std::env::var("PINCER_GATEWAY_TOKEN") {
+        if !t.is_empty() {
+            return Ok((t, false));
+        }
+    }
+    let file = paths::token_file(state);
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok((t, false));
+        }
+    }
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    paths::write_atomic(&file, format!("{token}\n").as_bytes())?;
+    Ok((token, true))
+}
+
+fn load_or_report(path: &Path) -> Result<config_file::LoadedConfig, u8> {
+    match config_file::load(path) {
+        Ok(l) => Ok(l),
+        Err(e @ LoadError::Invalid(..)) => {
+            eprint!("{e}");
+            Err(EXIT_CONFIG)
+        }
+        Err(e @ LoadError::Io(..)) => {
+            eprintln!("error: {e}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn start_gateway(state: &Path, store: Arc<Store>, loaded: &config_file::LoadedConfig) -> Result<Gateway> {
+    Gateway::start(GatewayOptions {
+        state_dir: state.to_path_buf(),
+        config_path: loaded.path.clone(),
+        config: loaded.config.clone(),
+        config_hash: loaded.hash.clone(),
+        warnings: loaded.warnings.clone(),
+        store,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        deliver: true,
+    })
+    .await
+    .context("cannot start the gateway runtime")
+}
+
+/// Run the daemon until stopped. Returns the exit code.
+pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<u8> {
+    let t0 = std::time::Instant::now();
+    paths::ensure_state_dir(&state)?;
+    let _lock = match StateLock::acquire(&state) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let mut loaded = match load_or_report(&config_path) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("config: {w}");
+    }
+    if let Some(p) = args.port {
+        loaded.config.gateway.port = p;
+    }
+    if let Some(b) = &args.bind {
+        loaded.config.gateway.bind = b.clone();
+    }
+    let ip = bind_ip(&loaded.config.gateway.bind, loaded.config.gateway.custom_bind_host.as_deref())?;
+    let auth = loaded.config.gateway.auth.mode;
+    if auth == AuthMode::None && !ip.is_loopback() {
+        eprintln!("error: refusing to bind {ip} without auth: set gateway.auth.mode to \"token\" or bind to loopback");
+        return Ok(EXIT_CONFIG);
+    }
+    let (token, generated) = resolve_token(&loaded.config, &state)?;
+    let db = state.join("pincer.db");
+    let store = match Store::open(&state) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let addr = SocketAddr::new(ip, loaded.config.gateway.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e} (is another program using the port? try --port)");
+            return Ok(1);
+        }
+    };
+    let local = listener.local_addr()?;
+    let gateway = start_gateway(&state, store.clone(), &loaded).await?;
+    let handle = gateway.handle();
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlInput>(16);
+    let control = ControlState::new(handle.clone(), auth, token.clone(), ctl_tx.clone(), loaded.config.gateway.clone());
+    // Process-level tasks (server, signals, watcher) outlive any one runtime generation, so
+    // they belong to their own supervisor; each runtime has its own for everything else.
+    let process = pincer_runtime::supervisor::Supervisor::new();
+    let server_cancel = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let control = control.clone();
+        let cancel = server_cancel.clone();
+        process.spawn("control-plane", async move { control::serve(listener, control, cancel).await })
+    };
+    paths::write_atomic(&paths::address_file(&state), format!("{local}\n").as_bytes())?;
+
+    let snap = handle.snapshot();
+    let agent = snap.runner.describe(&snap.config.agent_model_chain(&snap.config.default_agent_id()));
+    println!("pincer {} starting (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+    println!("  state:    {} (locked)", state.display());
+    match &loaded.path {
+        Some(p) => println!("  config:   {} ({} warning(s))", p.display(), loaded.warnings.len()),
+        None => println!("  config:   none at {} (embedded defaults)", config_path.display()),
+    }
+    println!("  store:    {} (SQLite, WAL)", db.display());
+    println!("  agent:    {}", agent.summary());
+    println!(
+        "  channels: {}",
+        if snap.senders.is_empty() {
+            "none configured".to_string()
+        } else {
+            snap.senders.keys().map(|(c, a)| format!("{c}/{a}")).collect::<Vec<_>>().join(", ")
+        }
+    );
+    println!(
+        "  reload:   {:?} (SIGHUP reloads; SIGUSR1/SIGUSR2 restart in-process)",
+        loaded.config.gateway.reload.mode
+    );
+    match auth {
+        AuthMode::Token if generated => {
+            println!("  auth:     token (generated, saved in {}): {token}", paths::token_file(&state).display())
+        }
+        AuthMode::Token => println!("  auth:     token"),
+        AuthMode::None => println!("  auth:     none (loopback only)"),
+    }
+    if loaded.config.gateway.control_ui.enabled {
+        println!("  web chat: http://{local}/");
+    }
+    println!("listening on ws://{local} (ready in {} ms)", t0.elapsed().as_millis());
+    drop(snap);
+
+    if loaded.config.gateway.reload.mode == pincer_core::config::ReloadMode::Hybrid {
+        process.spawn("config-watcher", watch_file(config_path.clone(), ctl_tx.clone(), process.token()));
+    }
+    spawn_signals(&process, ctl_tx.clone())?;
+
+    let mut gateway = Some(gateway);
+    let mut current = loaded;
+    let code = loop {
+        let Some(input) = ctl_rx.recv().await else { break 0 };
+        match input {
+            ControlInput::Stop(why) => {
+                tracing::info!(reason = why, "stopping");
+                break 0;
+            }
+            ControlInput::Reload(why) => {
+                if let Some(next) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
+                    if let Some(g) = &gateway {
+                        let report =
+                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone());
+                        control.set_gateway_config(next.config.gateway.clone());
+                        tracing::info!(source = why, generation = report.generation, changed = ?report.changed, "config reloaded");
+                    }
+                    current = next;
+                }
+            }
+            ControlInput::Restart(why) => {
+                tracing::info!(source = why, "in-process restart: draining the runtime");
+                if let Some(next) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
+                    current = next;
+                }
+                control.restarting();
+                if let Some(g) = gateway.take() {
+                    let outcome = g.shutdown(DRAIN_DEADLINE).await;
+                    tracing::info!(?outcome, "old runtime stopped");
+                }
+                let g = start_gateway(&state, store.clone(), &current).await?;
+                control.replace_gateway(g.handle(), current.config.gateway.clone());
+                tracing::info!("in-process restart done: fresh runtime running");
+                gateway = Some(g);
+            }
+            ControlInput::Apply { text, base_hash, reply } => {
+                let res = apply_text(&config_path, &current, text, base_hash);
+                match res {
+                    Ok(next) => {
+                        let report = gateway.as_ref().map(|g| {
+                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone())
+                        });
+                        control.set_gateway_config(next.config.gateway.clone());
+                        current = next;
+                        let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    };
+    control.restarting_for_stop();
+    if let Some(g) = gateway.take() {
+        let outcome = g.shutdown(DRAIN_DEADLINE).await;
+        tracing::info!(?outcome, "runtime stopped");
+    }
+    server_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    process.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_file(paths::address_file(&state));
+    println!("pincer stopped");
+    Ok(code)
+}
+
+/// Re-read the config; on any problem log every error and keep the running config.
+fn reload_file(
+    path: &Path,
+    current: &config_file::LoadedConfig,
+    why: &str,
+    handle: Option<pincer_runtime::GatewayHandle>,
+) -> Option<config_file::LoadedConfig> {
+    match config_file::load(path) {
+        Ok(mut next) => {
+            if next.hash == current.hash && !next.hash.is_empty() {
+                tracing::debug!(source = why, "config unchanged");
+                return None;
+            }
+            // CLI overrides of port/bind stay in force across reloads.
+            next.config.gateway.port = current.config.gateway.port;
+            next.config.gateway.bind = current.config.gateway.bind.clone();
+            for w in &next.warnings {
+                tracing::warn!("config: {w}");
+            }
+            Some(next)
+        }
+        Err(e) => {
+            tracing::error!(source = why, "config reload skipped, the running config stays in effect: {e}");
+            if let Some(h) = handle {
+                h.record_reload_error(why, e.to_string().trim_end());
+            }
+            None
+        }
+    }
+}
+
+fn apply_text(
+    path: &Path,
+    current: &config_file::LoadedConfig,
+    text: String,
+    base_hash: Option<String>,
+) -> Result<config_file::LoadedConfig, serde_json::Value> {
+    if let Some(base) = base_hash {
+        if !current.hash.is_empty() && base != current.hash {
+            return Err(
+                serde_json::json!({"code": "INVALID_REQUEST", "message": "config changed since it was read (baseHash mismatch); get it again",
+                "details": {"currentHash": current.hash}}),
+            );
+        }
+    }
+    let loaded = config_file::parse_text(&text).map_err(|errs| {
+        serde_json::json!({"code": "INVALID_REQUEST", "message": format!("invalid config ({} problems)", errs.0.len()),
+            "details": {"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}})
+    })?;
+    paths::write_atomic(path, text.as_bytes())
+        .map_err(|e| serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot write config: {e}")}))?;
+    let mut config = loaded.config;
+    config.gateway.port = current.config.gateway.port;
+    config.gateway.bind = current.config.gateway.bind.clone();
+    Ok(config_file::LoadedConfig {
+        config,
+        hash: loaded.hash,
+        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
+        path: Some(path.to_path_buf()),
+    })
+}
+
+/// Poll the config file's (mtime, len) every 500 ms; a change that stays put for 300 ms
+/// triggers a reload. Polling survives editors' rename-over writes without special cases.
+async fn watch_file(path: PathBuf, tx: mpsc::Sender<ControlInput>, cancel: tokio_util::sync::CancellationToken) {
+    let stat = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stat(&path);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let now = stat(&path);
+        if now != last {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let settled = stat(&path);
+            if settled == now {
+                last = now;
+                if tx.send(ControlInput::Reload("file watcher")).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn spawn_signals(process: &pincer_runtime::supervisor::Supervisor, tx: mpsc::Sender<ControlInput>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let cancel = process.token();
+    process.spawn("signals", async move {
+        loop {
+            let input = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = term.recv() => ControlInput::Stop("SIGTERM"),
+                _ = int.recv() => ControlInput::Stop("SIGINT"),
+                _ = hup.recv() => ControlInput::Reload("SIGHUP"),
+                _ = usr1.recv() => ControlInput::Restart("SIGUSR1"),
+                _ = usr2.recv() => ControlInput::Restart("SIGUSR2"),
+            };
+            let stop = matches!(input, ControlInput::Stop(_));
+            if tx.send(input).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The real binary on its embedded defaults: handshake, methods, chat through the echo agent,
+//! errors, HTTP endpoints, lock and exit codes.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn defaults_handshake_and_echo_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    assert!(!d.token.is_empty(), "a token is generated into the state dir");
+    assert!(d.stdout_lines.iter().any(|l| l.contains(&d.token)), "the generated token is printed once");
+    assert!(d.stdout_lines.iter().any(|l| l.contains("web chat: http://")));
+
+    let mut ws = d.client().await;
+    let hello = ws.hello().clone();
+    assert_eq!(hello["protocol"], 4);
+    let methods: Vec<&str> =
+        hello["features"]["methods"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for m in ["health", "status", "chat.send", "chat.history", "agent", "agent.wait", "send", "sessions.list"] {
+        assert!(methods.contains(&m), "hello-ok advertises {m}");
+    }
+    assert!(hello["policy"]["tickIntervalMs"].as_u64().unwrap() > 0);
+
+    let res = ws
+        .request("chat.send", json!({"sessionKey": "web-1", "message": "hello pincer", "idempotencyKey": "idem-1"}))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(res["payload"]["runId"], "idem-1");
+    assert_eq!(res["payload"]["status"], "started");
+    let fin = ws.event(|e| e["event"] == "chat" && e["payload"]["state"] == "final").await;
+    assert_eq!(fin["payload"]["sessionKey"], "agent:main:web-1");
+    assert_eq!(fin["payload"]["message"]["content"][0]["text"], "echo: hello pincer");
+    assert!(fin["seq"].as_u64().unwrap() >= 1);
+
+    let hist = ws.request("chat.history", json!({"sessionKey": "agent:main:web-1"})).await;
+    let msgs = hist["payload"]["messages"].as_array().unwrap();
+    let texts: Vec<&str> = msgs.iter().map(|m| m["content"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, vec!["hello pincer", "echo: hello pincer"]);
+
+    // Idempotent retry: same key, nothing runs again.
+    let again = ws
+        .request("chat.send", json!({"sessionKey": "web-1", "message": "hello pincer", "idempotencyKey": "idem-1"}))
+        .await;
+    assert_eq!(again["payload"]["runId"], "idem-1");
+    let hist = ws.request("chat.history", json!({"sessionKey": "agent:main:web-1"})).await;
+    assert_eq!(hist["payload"]["messages"].as_array().unwrap().len(), 2);
+
+    let st = ws.request("status", json!({})).await;
+    assert_eq!(st["ok"], true);
+    assert_eq!(
+        st["payload"]["agent"]["model"]["echoOnly"], true,
+        "status says no model is configured: {}",
+        st["payload"]["agent"]
+    );
+    assert!(st["payload"]["agent"]["summary"].as_str().unwrap().contains("no model configured"));
+
+    let unknown = ws.request("bogus.method", json!({})).await;
+    assert_eq!(unknown["ok"], false);
+    assert_eq!(unknown["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(unknown["error"]["message"], "unknown method: bogus.method");
+
+    let (code, _) = d.stop().await;
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn agent_two_stage_response_and_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    let first = ws.request("agent", json!({"message": "ping", "idempotencyKey": "a-1"})).await;
+    assert_eq!(first["payload"]["status"], "accepted", "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let second = ws.response(&id).await;
+    assert_eq!(second["payload"]["status"], "ok", "{second}");
+    assert_eq!(second["payload"]["result"]["text"], "echo: ping");
+    let waited = ws.request("agent.wait", json!({"runId": "a-1", "timeoutMs": 1000})).await;
+    assert_eq!(waited["payload"]["status"], "ok");
+    let missing = ws.request("agent", json!({"message": "x"})).await;
+    assert_eq!(missing["error"]["code"], "INVALID_REQUEST", "idempotencyKey is required: {missing}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+
+    // First frame not connect: error res, then close 1008.
+    let mut ws = Ws::connect_raw(&d.ws_url()).await;
+    let ch = ws.recv().await.unwrap();
+    assert_eq!(ch["event"], "connect.challenge");
+    assert!(ch["payload"]["nonce"].as_str().is_some_and(|n| !n.is_empty()));
+    ws.send_text(&json!({"type": "req", "id": "x", "method": "health", "params": {}}).to_string()).await;
+    let res = ws.recv().await.unwrap();
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(res["error"]["message"], "invalid handshake: first request must be connect");
+    assert_eq!(ws.close_code().await, Some(1008));
+
+    // Wrong token.
+    let mut ws = Ws::connect_raw(&d.ws_url()).await;
+    ws.recv().await.unwrap();
+    let res = ws.request("connect", connect_params("wrong", &["operator.read"])).await;
+    assert_eq!(res["ok"], false);
+    assert_eq!(res["error"]["code"], "FORBIDDEN");
+
+    // Protocol range without 4.
+    let mut ws = Ws::connect_raw(&d.ws_url()).await;
+    ws.recv().await.unwrap();
+    let mut p = connect_params(&d.token, &["operator.read"]);
+    p["minProtocol"] = json!(5);
+    p["maxProtocol"] = json!(6);
+    let res = ws.request("connect", p).await;
+    assert_eq!(res["ok"], false);
+    assert!(res["error"]["message"].as_str().unwrap().contains("protocol"), "{res}");
+
+    // Any client id/mode is accepted; scopes are enforced.
+    let mut ws = Ws::connect_auth(&d.ws_url(), &d.token, &[]).await;
+    let res = ws.request("status", json!({})).await;
+    assert_eq!(res["error"]["code"], "FORBIDDEN");
+    assert_eq!(res["error"]["message"], "missing scope: operator.read");
+    let mut ws = Ws::connect_auth(&d.ws_url(), &d.token, &["operator.write"]).await;
+    let res = ws.request("config.get", json!({})).await;
+    assert_eq!(res["error"]["code"], "FORBIDDEN", "config.* needs admin");
+
+    // Oversized pre-auth frame.
+    let mut ws = Ws::connect_raw(&d.ws_url()).await;
+    ws.recv().await.unwrap();
+    ws.send_text(&"x".repeat(70 * 1024)).await;
+    assert_eq!(ws.close_code().await, Some(1009));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn http_probes_metrics_and_webchat_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{}/healthz", d.http_url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(format!("{}/readyz", d.http_url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(format!("{}/metrics", d.http_url())).send().await.unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains("pincer_runs_ok_total"), "{body}");
+    let r = http.get(format!("{}/", d.http_url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("connect.challenge"), "the web chat page speaks the protocol");
+    // The OpenAI endpoint is off by default.
+    let r = http
+        .post(format!("{}/v1/chat/completions", d.http_url()))
+        .bearer_auth(&d.token)
+        .json(&json!({"model": "pincer", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn openai_compatible_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &json!({"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": true}}}}}));
+    let d = Daemon::start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", d.http_url());
+    let r = http
+        .post(&url)
+        .json(&json!({"model": "pincer", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "bearer token required");
+    let r = http
+        .post(&url)
+        .bearer_auth(&d.token)
+        .json(&json!({"model": "pincer", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: hi");
+    let r = http
+        .post(&url)
+        .bearer_auth(&d.token)
+        .json(&json!({"model": "pincer/main", "stream": true, "messages": [{"role": "user", "content": "stream me"}]}))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains("chat.completion.chunk"), "{body}");
+    assert!(body.contains("echo: stream me"), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let r = http.get(format!("{}/v1/models", d.http_url())).bearer_auth(&d.token).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "pincer/main"), "{v}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn second_gateway_on_same_state_dir_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let out = cli(dir.path(), &["gateway", "run", "--port", "0"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_config_exits_78_listing_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pincer.json"),
+        r#"{ gateway: { reload: { mode: "fast" } }, agents: { defaults: { maxConcurent: 2 } }, cron: {} }"#,
+    )
+    .unwrap();
+    let out = cli(dir.path(), &["gateway", "run", "--port", "0"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.reload.mode: expected one of hybrid|off"), "{err}");
+    assert!(err.contains("agents.defaults.maxConcurent: unknown key (did you mean \"maxConcurrent\"?)"), "{err}");
+    assert!(!err.contains("cron"), "unsupported OpenClaw sections are warnings, not errors: {err}");
+}
+
+#[tokio::test]
+async fn corrupt_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pincer.db"), b"this is not a sqlite database, not at all, no....").unwrap();
+    let out = cli(dir.path(), &["gateway", "run", "--port", "0"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pincer.db"), "names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

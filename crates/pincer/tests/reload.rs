@@ -1,0 +1,167 @@
+//! Reload and restart: SIGHUP applies a valid config and keeps the old one on an invalid
+//! file; SIGUSR1/SIGUSR2 rebuild the runtime in-process and every advertised method stays
+//! callable; `config set` validates before it writes; SIGTERM exits 0.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+async fn generation(ws: &mut Ws) -> u64 {
+    let st = ws.request("status", json!({})).await;
+    st["payload"]["config"]["generation"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_invalid_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[a]"}}));
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    assert_eq!(generation(&mut ws).await, 1);
+
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[b]"}}));
+    d.signal("HUP");
+    loop {
+        if generation(&mut ws).await == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let r = ws.request("agent", json!({"message": "x", "idempotencyKey": "r1"})).await;
+    let fin = ws.response(r["id"].as_str().unwrap()).await;
+    assert_eq!(fin["payload"]["result"]["text"], "[b] echo: x", "the new snapshot is used: {fin}");
+
+    // An invalid file is skipped; the running config stays.
+    std::fs::write(dir.path().join("pincer.json"), "{ gateway: { port: \"nope\" } }").unwrap();
+    d.signal("HUP");
+    let err = loop {
+        let st = ws.request("status", json!({})).await;
+        if let Some(m) = st["payload"]["config"]["lastReloadError"]["message"].as_str() {
+            break m.to_string();
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(err.contains("gateway.port"), "status names the problem: {err}");
+    assert_eq!(generation(&mut ws).await, 2, "the running config stays");
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[c]"}}));
+    d.signal("HUP");
+    loop {
+        if generation(&mut ws).await == 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (code, stderr) = d.stop().await;
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("config reload skipped"), "{stderr}");
+    assert!(stderr.contains("gateway.port"), "the skipped reload names the problem: {stderr}");
+}
+
+#[tokio::test]
+async fn file_watcher_reloads_in_hybrid_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &json!({"messages": {"responsePrefix": "[a]"}}));
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    write_config(dir.path(), &json!({"messages": {"responsePrefix": "[watched]"}}));
+    loop {
+        if generation(&mut ws).await >= 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_restart_keeps_every_method_callable() {
+    for sig in ["USR1", "USR2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon::start(dir.path()).await;
+        let mut ws = d.client().await;
+        let before: Vec<Value> = ws.hello()["features"]["methods"].as_array().unwrap().clone();
+        d.signal(sig);
+        let shutdown = ws.event(|e| e["event"] == "shutdown").await;
+        assert_eq!(shutdown["payload"]["reason"], "gateway restarting");
+        assert_eq!(ws.close_code().await, Some(1012), "clients are told to reconnect");
+
+        // Reconnect (the new runtime may still be starting: retry the handshake).
+        let mut ws = d.client().await;
+        let after: Vec<Value> = ws.hello()["features"]["methods"].as_array().unwrap().clone();
+        assert_eq!(before, after, "same advertised methods after {sig}");
+        for m in after.iter().filter_map(Value::as_str) {
+            let r = ws.request(m, json!({})).await;
+            let msg = r["error"]["message"].as_str().unwrap_or("");
+            assert!(!msg.starts_with("unknown method"), "{m} advertised but unknown after {sig}: {r}");
+        }
+        let r = ws
+            .request(
+                "chat.send",
+                json!({"sessionKey": "s", "message": "after restart", "idempotencyKey": format!("k-{sig}")}),
+            )
+            .await;
+        assert_eq!(r["ok"], true);
+        let fin = ws.event(|e| e["event"] == "chat" && e["payload"]["state"] == "final").await;
+        assert_eq!(fin["payload"]["message"]["content"][0]["text"], "echo: after restart");
+        let (code, _) = d.stop().await;
+        assert_eq!(code, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn config_set_validates_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pincer.json");
+    std::fs::write(&path, "// mine\n{ gateway: { port: 18790 } }\n").unwrap();
+    let before = std::fs::read_to_string(&path).unwrap();
+    let out = cli(dir.path(), &["config", "set", "gateway.reload.mode", "fast"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of hybrid|off"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "file untouched");
+
+    let out = cli(dir.path(), &["config", "set", "gateway.port", "19999"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(dir.path(), &["config", "get", "gateway.port"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "19999");
+    let out = cli(dir.path(), &["config", "validate"]).await;
+    assert!(out.status.success());
+    let out = cli(dir.path(), &["config", "schema"]).await;
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["gateway"].is_object(), "{schema}");
+    let out = cli(dir.path(), &["config", "file"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path.display().to_string());
+}
+
+#[tokio::test]
+async fn cli_agent_runs_in_process_without_a_gateway_and_through_one_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(dir.path(), &["agent", "-m", "offline"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo: offline");
+
+    let d = Daemon::start(dir.path()).await;
+    let out = cli(dir.path(), &["agent", "-m", "online", "--session", "cli-s", "--json"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["text"], "echo: online");
+    let out = cli(dir.path(), &["sessions", "list", "--json"]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = v["sessions"].as_array().unwrap().iter().filter_map(|s| s["key"].as_str()).collect();
+    assert!(keys.contains(&"agent:main:cli-s") && keys.contains(&"agent:main:main"), "{keys:?}");
+    let out = cli(dir.path(), &["sessions", "show", "agent:main:cli-s"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo: online"));
+    let out = cli(dir.path(), &["gateway", "status"]).await;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no model configured"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cli(dir.path(), &["doctor"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("held by a running gateway"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    d.stop().await;
+}
