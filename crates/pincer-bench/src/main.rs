@@ -5,7 +5,7 @@
 //! 2. **startup**: time from spawning the real `pincer` binary to its port accepting;
 //! 3. **idle RSS** of the running gateway.
 //!
-//! Usage: `cargo run --release -p pincer-bench -- [--messages N] [--sessions S] [--binary PATH]`
+//! Usage: `cargo run --release -p pincer-bench -- [--messages N] [--sessions S] [--producers P] [--binary PATH]`
 //! (build the binary first with `cargo build --release -p pincer`).
 
 use anyhow::{bail, Context, Result};
@@ -19,17 +19,19 @@ use std::time::{Duration, Instant};
 struct Args {
     messages: usize,
     sessions: usize,
+    producers: usize,
     binary: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { messages: 50_000, sessions: 200, binary: None };
+    let mut a = Args { messages: 50_000, sessions: 200, producers: 32, binary: None };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--messages" => a.messages = v.parse()?,
             "--sessions" => a.sessions = v.parse()?,
+            "--producers" => a.producers = v.parse::<usize>()?.max(1),
             "--binary" => a.binary = Some(v.into()),
             other => bail!("unknown flag {other}"),
         }
@@ -89,13 +91,28 @@ async fn throughput(args: &Args) -> Result<()> {
         gate: MentionGate::Required,
         ..Default::default()
     };
-    let events: Vec<Inbound> = (0..args.messages).map(|i| inbound(i, args.sessions)).collect();
+    // `producers` concurrent ingest loops, like that many channel connections delivering at once.
+    let mut shares: Vec<Vec<Inbound>> = (0..args.producers).map(|_| Vec::new()).collect();
+    for i in 0..args.messages {
+        shares[i % args.producers].push(inbound(i, args.sessions));
+    }
+    let policy = Arc::new(policy);
     let t0 = Instant::now();
-    for ev in events {
-        match h.ingest(ev, &policy)? {
-            IngestOutcome::Accepted { .. } => {}
-            IngestOutcome::Dropped(r) => bail!("unexpected drop: {}", r.code()),
-        }
+    let mut tasks = Vec::new();
+    for share in shares {
+        let (h, policy) = (h.clone(), policy.clone());
+        tasks.push(tokio::spawn(async move {
+            for ev in share {
+                match h.ingest(ev, &policy).await? {
+                    IngestOutcome::Accepted { .. } => {}
+                    IngestOutcome::Dropped(r) => bail!("unexpected drop: {}", r.code()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     let accepted = t0.elapsed();
     loop {
@@ -111,9 +128,10 @@ async fn throughput(args: &Args) -> Result<()> {
     let total = t0.elapsed();
     let counts = store.outbox_counts()?;
     println!(
-        "throughput: {} messages over {} sessions: accepted in {:.0} ms, all outbox rows committed in {:.0} ms => {:.0} msg/s (outbox pending rows: {})",
+        "throughput: {} messages over {} sessions from {} producers: accepted in {:.0} ms, all outbox rows committed in {:.0} ms => {:.0} msg/s (outbox pending rows: {})",
         args.messages,
         args.sessions,
+        args.producers,
         accepted.as_secs_f64() * 1000.0,
         total.as_secs_f64() * 1000.0,
         args.messages as f64 / total.as_secs_f64(),

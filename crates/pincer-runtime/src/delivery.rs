@@ -76,7 +76,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             return;
         }
         let now = now_ms();
-        let rows = match inner.store.claim_due(now, CLAIM_BATCH) {
+        let rows = match inner.writer.run(move |tx| tx.claim_due(now, CLAIM_BATCH)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "outbox claim failed; retrying in 1s");
@@ -119,11 +119,13 @@ async fn send_one(inner: Arc<Inner>, row: OutboxRow) {
     let now = now_ms();
     // `attempts` counts claims, this one included.
     let attempt = row.attempts.max(1);
+    let id = row.id;
     let outcome = match result {
         Ok(receipt) => {
             inner.counters.deliveries_sent.inc();
             tracing::info!(outbox_id = row.id, outcome = "sent", platform_id = ?receipt.platform_message_id, "delivered");
-            inner.store.mark_sent(row.id, receipt.platform_message_id.as_deref(), now)
+            let pid = receipt.platform_message_id;
+            inner.writer.run(move |tx| tx.mark_sent(id, pid.as_deref(), now)).await
         }
         Err(e) if e.is_retryable() && attempt < cfg.max_attempts => {
             let retry_after = match &e {
@@ -132,12 +134,14 @@ async fn send_one(inner: Arc<Inner>, row: OutboxRow) {
             };
             let delay = backoff_ms(cfg, attempt, retry_after);
             tracing::warn!(outbox_id = row.id, outcome = "retry", attempt, delay_ms = delay, error = %e, "delivery failed; will retry");
-            inner.store.mark_retry(row.id, &e.to_string(), now + delay as i64, now)
+            let err = e.to_string();
+            inner.writer.run(move |tx| tx.mark_retry(id, &err, now + delay as i64, now)).await
         }
         Err(e) => {
             inner.counters.deliveries_failed.inc();
             tracing::error!(outbox_id = row.id, outcome = "failed", attempt, error = %e, "delivery failed for good");
-            inner.store.mark_failed(row.id, &e.to_string(), now)
+            let err = e.to_string();
+            inner.writer.run(move |tx| tx.mark_failed(id, &err, now)).await
         }
     };
     if let Err(e) = outcome {

@@ -8,6 +8,7 @@ use crate::runs::{RunInfo, RunRegistry, RunStatus};
 use crate::session::{ReplyTo, SessionHandle, SessionMsg, Turn};
 use crate::snapshot::Snapshot;
 use crate::supervisor::{StopOutcome, Supervisor};
+use crate::writer::StoreWriter;
 use arc_swap::ArcSwap;
 use pincer_core::config::{Config, QueueMode};
 use pincer_core::routing::resolve_route;
@@ -196,6 +197,11 @@ pub struct GatewayOptions {
 pub struct Inner {
     pub(crate) sup: Supervisor,
     pub(crate) store: Arc<Store>,
+    /// Group-commit writer for hot-path writes; lives on its own supervisor so it outlasts
+    /// the tasks that write through it during a drain.
+    pub(crate) writer: StoreWriter,
+    storage_sup: Supervisor,
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) events: EventBus,
     sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
@@ -264,9 +270,14 @@ impl Gateway {
             .map_err(|e| RuntimeError::Invalid(format!("cannot build HTTP client: {e}")))?;
         let max = opts.config.agents.defaults.max_concurrent.max(1) as usize;
         let snapshot = Snapshot::build(opts.config, opts.config_hash, 1, http.clone());
+        let storage_sup = Supervisor::new();
+        let (writer, writer_task) = StoreWriter::spawn(opts.store.clone(), &storage_sup);
         let inner = Arc::new(Inner {
             sup: Supervisor::new(),
             store: opts.store,
+            writer,
+            storage_sup,
+            writer_task: Mutex::new(Some(writer_task)),
             snapshot: ArcSwap::from_pointee(snapshot),
             events: EventBus::new(1024),
             sessions: Mutex::new(HashMap::new()),
@@ -307,7 +318,18 @@ impl Gateway {
     pub async fn shutdown(self, deadline: Duration) -> StopOutcome {
         let inner = &self.handle.inner;
         inner.events.emit("shutdown", json!({"reason": "gateway stopping"}), EventScope::All);
-        inner.sup.shutdown(deadline).await
+        let outcome = inner.sup.shutdown(deadline).await;
+        // Everything that writes has stopped: flush the writer last.
+        inner.writer.stop();
+        let task = lock(&inner.writer_task).take();
+        if let Some(t) = task {
+            if tokio::time::timeout(deadline, t).await.is_err() {
+                tracing::error!("store writer did not finish in time");
+                return StopOutcome::Forced;
+            }
+        }
+        inner.storage_sup.shutdown(Duration::from_millis(100)).await;
+        outcome
     }
 }
 
@@ -355,10 +377,13 @@ impl GatewayHandle {
     /// Route, decide and accept one inbound channel message. Routing is a pure function of the
     /// event and the current snapshot; the wake decision is logged with its reason code; the
     /// dedupe ledger guarantees at most one run per (channel, account, message id).
-    pub fn ingest(&self, inbound: Inbound, policy: &WakePolicy) -> Result<IngestOutcome, RuntimeError> {
-        let snap = self.inner.snapshot.load();
-        let route = resolve_route(&snap.config, &inbound);
-        let decision = decide(&inbound, policy, snap.patterns_for(&route.agent_id));
+    pub async fn ingest(&self, inbound: Inbound, policy: &WakePolicy) -> Result<IngestOutcome, RuntimeError> {
+        let (route, decision) = {
+            let snap = self.inner.snapshot.load();
+            let route = resolve_route(&snap.config, &inbound);
+            let decision = decide(&inbound, policy, snap.patterns_for(&route.agent_id));
+            (route, decision)
+        };
         let reason = match decision {
             WakeDecision::Drop(r) => {
                 self.inner.counters.inbound_dropped.inc();
@@ -369,19 +394,19 @@ impl GatewayHandle {
             WakeDecision::Wake(r) => r,
         };
         let run_id = format!("{}:{}:{}", inbound.channel, inbound.account, inbound.message_id);
-        let accepted = self.inner.store.accept_turn(&AcceptInbound {
-            channel: inbound.channel.as_str(),
-            account: inbound.account.as_str(),
-            message_id: &inbound.message_id,
-            session_key: route.session_key.as_str(),
-            agent_id: route.agent_id.as_str(),
-            run_id: &run_id,
-            text: &inbound.text,
-            target: Some(&route.delivery),
-            chat_kind: Some(inbound.chat_kind),
-            now_ms: now_ms(),
-            dedupe_ttl_ms: DEDUPE_TTL_MS,
-        })?;
+        let accepted = self
+            .accept(OwnedAccept {
+                channel: inbound.channel.as_str().to_string(),
+                account: inbound.account.as_str().to_string(),
+                message_id: inbound.message_id.clone(),
+                session_key: route.session_key.as_str().to_string(),
+                agent_id: route.agent_id.as_str().to_string(),
+                run_id: run_id.clone(),
+                text: inbound.text.clone(),
+                target: Some(route.delivery.clone()),
+                chat_kind: Some(inbound.chat_kind),
+            })
+            .await?;
         let Some(acc) = accepted else {
             self.inner.counters.inbound_duplicate.inc();
             tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
@@ -402,20 +427,21 @@ impl GatewayHandle {
             cancel: CancellationToken::new(),
             merged_runs: Vec::new(),
         };
+        self.register_run(&turn);
         self.dispatch(turn);
         Ok(IngestOutcome::Accepted { run_id, session_key: route.session_key })
     }
 
     /// Accept a control-plane or CLI turn (`chat.send`, `agent`). Errors: an empty message, a
     /// malformed session key, store failures.
-    pub fn submit(&self, req: SubmitTurn) -> Result<Submitted, RuntimeError> {
+    pub async fn submit(&self, req: SubmitTurn) -> Result<Submitted, RuntimeError> {
         if self.inner.sup.is_shutting_down() {
             return Err(RuntimeError::ShuttingDown);
         }
         if req.message.trim().is_empty() {
             return Err(RuntimeError::Invalid("message must not be empty".into()));
         }
-        let snap = self.inner.snapshot.load();
+        let snap = self.inner.snapshot.load_full();
         let default_agent = match &req.agent_id {
             Some(a) if !a.trim().is_empty() => {
                 if !AgentId::is_valid(a.trim()) {
@@ -434,20 +460,21 @@ impl GatewayHandle {
         if let Some(info) = lock(&self.inner.runs).get(&run_id) {
             return Ok(Submitted { run_id, session_key: key, duplicate: true, info: Some(info) });
         }
+        drop(snap);
         let ingress = if req.ingress.is_empty() { "api" } else { req.ingress.as_str() };
-        let accepted = self.inner.store.accept_turn(&AcceptInbound {
-            channel: ingress,
-            account: AccountId::DEFAULT,
-            message_id: &run_id,
-            session_key: key.as_str(),
-            agent_id: agent.as_str(),
-            run_id: &run_id,
-            text: &req.message,
-            target: req.deliver.as_ref(),
-            chat_kind: None,
-            now_ms: now_ms(),
-            dedupe_ttl_ms: DEDUPE_TTL_MS,
-        })?;
+        let accepted = self
+            .accept(OwnedAccept {
+                channel: ingress.to_string(),
+                account: AccountId::DEFAULT.to_string(),
+                message_id: run_id.clone(),
+                session_key: key.as_str().to_string(),
+                agent_id: agent.as_str().to_string(),
+                run_id: run_id.clone(),
+                text: req.message.clone(),
+                target: req.deliver.clone(),
+                chat_kind: None,
+            })
+            .await?;
         let Some(acc) = accepted else {
             // Seen before this process started: report the recorded outcome.
             let info = self.inner.store.inbound_outcome(ingress, AccountId::DEFAULT, &run_id)?.map(|o| RunInfo {
@@ -483,6 +510,29 @@ impl GatewayHandle {
         let info = self.register_run(&turn);
         self.dispatch(turn);
         Ok(Submitted { run_id, session_key: key, duplicate: false, info: Some(info) })
+    }
+
+    /// Accept one message through the group-commit writer.
+    async fn accept(&self, a: OwnedAccept) -> Result<Option<pincer_store::Accepted>, RuntimeError> {
+        Ok(self
+            .inner
+            .writer
+            .run(move |tx| {
+                tx.accept_turn(&AcceptInbound {
+                    channel: &a.channel,
+                    account: &a.account,
+                    message_id: &a.message_id,
+                    session_key: &a.session_key,
+                    agent_id: &a.agent_id,
+                    run_id: &a.run_id,
+                    text: &a.text,
+                    target: a.target.as_ref(),
+                    chat_kind: a.chat_kind,
+                    now_ms: now_ms(),
+                    dedupe_ttl_ms: DEDUPE_TTL_MS,
+                })
+            })
+            .await?)
     }
 
     fn register_run(&self, turn: &Turn) -> RunInfo {
@@ -587,7 +637,7 @@ impl GatewayHandle {
     /// Queue an outbound message (outbox row first, then the platform call by the worker).
     /// Returns `(outbox id, created)`; `created` is false for a repeated idempotency key.
     /// Errors: unknown channel account, empty text or target.
-    pub fn send(&self, req: SendRequest) -> Result<(i64, bool), RuntimeError> {
+    pub async fn send(&self, req: SendRequest) -> Result<(i64, bool), RuntimeError> {
         if req.text.trim().is_empty() {
             return Err(RuntimeError::Invalid("message must not be empty".into()));
         }
@@ -596,23 +646,35 @@ impl GatewayHandle {
         }
         let account = AccountId::new(req.account.as_deref().unwrap_or(""));
         let channel = ChannelId::new(&req.channel);
-        let snap = self.inner.snapshot.load();
-        if snap.sender(channel.as_str(), account.as_str()).is_none() {
-            let known: Vec<String> = snap.senders.keys().map(|(c, a)| format!("{c}/{a}")).collect();
-            return Err(RuntimeError::Invalid(format!(
-                "channel {channel} account {account} is not configured (configured: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            )));
+        {
+            let snap = self.inner.snapshot.load();
+            if snap.sender(channel.as_str(), account.as_str()).is_none() {
+                let known: Vec<String> = snap.senders.keys().map(|(c, a)| format!("{c}/{a}")).collect();
+                return Err(RuntimeError::Invalid(format!(
+                    "channel {channel} account {account} is not configured (configured: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
         }
         let target = DeliveryTarget { channel, account, to: req.to, thread_id: req.thread_id, reply_to_id: None };
         let mut row = NewOutbox::new(target, req.text);
         row.idempotency_key = req.idempotency_key;
         row.session_key = req.session_key;
-        let enq = self.inner.store.enqueue_outbox(&row, now_ms())?;
+        let enq = self.inner.writer.run(move |tx| tx.enqueue_outbox(&row, now_ms())).await?;
         let (id, created) = (enq.id, enq.created);
         tracing::info!(outbox_id = id, created, "outbound message queued");
         self.inner.delivery_wake.notify_one();
         Ok((id, created))
+    }
+
+    /// Reset a session: clear its transcript (the row and delivery context stay) and drop the
+    /// actor's cached history. Returns whether the session existed.
+    pub fn reset_session(&self, key: &str) -> Result<bool, RuntimeError> {
+        let existed = self.inner.store.reset_session(key, now_ms())?;
+        if let Some(h) = lock(&self.inner.sessions).get(&SessionKey::from_raw(key)) {
+            let _ = h.tx.send(SessionMsg::Reset);
+        }
+        Ok(existed)
     }
 
     /// Put a `failed` or `unknown` delivery back in the queue (as a copy at the end of its
@@ -729,6 +791,19 @@ impl GatewayHandle {
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.inner.config_path.as_ref()
     }
+}
+
+/// Owned fields of [`AcceptInbound`], to move into the writer.
+struct OwnedAccept {
+    channel: String,
+    account: String,
+    message_id: String,
+    session_key: String,
+    agent_id: String,
+    run_id: String,
+    text: String,
+    target: Option<DeliveryTarget>,
+    chat_kind: Option<pincer_core::ChatKind>,
 }
 
 /// A fresh random run id.

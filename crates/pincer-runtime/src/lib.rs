@@ -16,6 +16,7 @@ pub mod runs;
 pub mod session;
 pub mod snapshot;
 pub mod supervisor;
+pub mod writer;
 
 pub use gateway::{
     now_ms, Gateway, GatewayHandle, GatewayOptions, IngestOutcome, ReloadReport, RuntimeError, SendRequest, SubmitTurn,

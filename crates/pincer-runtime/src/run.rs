@@ -16,9 +16,11 @@ use tokio::sync::mpsc;
 /// Default chunk limit when a channel has no sender (reply rows still get queued).
 const DEFAULT_CHUNK_LIMIT: usize = 4000;
 
-/// Execute a turn. Never panics on provider output; always records an outcome unless the
-/// gateway is shutting down (then the inbound stays unfinished and is recovered at start).
-pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
+/// Execute a turn with the session's `history` (oldest first, without this turn's message).
+/// Never panics on provider output; always records an outcome unless the gateway is shutting
+/// down (then the inbound stays unfinished and is recovered at start). Returns the reply text
+/// when the run replied, so the session actor can extend its history.
+pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMessage>) -> Option<String> {
     let permit = tokio::select! {
         p = inner.run_permits.clone().acquire_owned() => p.ok(),
         _ = turn.cancel.cancelled() => None,
@@ -27,7 +29,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
         if !inner.sup.is_shutting_down() {
             finish_cancelled(&inner, &turn, "aborted before start");
         }
-        return;
+        return None;
     };
     let snap = inner.snapshot.load_full();
     let cfg = &snap.config;
@@ -48,35 +50,8 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
         );
     }
 
-    let limit = cfg.agent_history_limit(agent) as usize;
-    let history = match inner.store.transcript(turn.session_key.as_str(), limit + 64) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!(session = %turn.session_key, error = %e, "cannot read transcript");
-            Vec::new()
-        }
-    };
-    let mut messages: Vec<ChatMessage> = history
-        .into_iter()
-        .filter(|e| e.seq <= turn.user_seq)
-        .filter_map(|e| {
-            let role = match e.role {
-                pincer_store::Role::User => Role::User,
-                pincer_store::Role::Assistant => Role::Assistant,
-                _ => return None,
-            };
-            Some(ChatMessage { role, content: e.text })
-        })
-        .collect();
-    if messages.len() > limit.max(1) {
-        messages.drain(..messages.len() - limit.max(1));
-    }
-    if messages.last().map(|m| m.role != Role::User).unwrap_or(true) {
-        // The user message of this turn is always last (it may be a `collect` merge).
-        messages.push(ChatMessage { role: Role::User, content: turn.text.clone() });
-    } else if let Some(last) = messages.last_mut() {
-        last.content = turn.text.clone();
-    }
+    let mut messages = history;
+    messages.push(ChatMessage { role: Role::User, content: turn.text.clone() });
     let req =
         RunRequest { model: String::new(), system_prompt: cfg.agent_system_prompt(agent), messages, max_tokens: None };
     let chain = cfg.agent_model_chain(agent);
@@ -101,7 +76,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
     let now = now_ms();
     match result {
         Ok(out) if pincer_agent::is_silent(&out.text) => {
-            commit(&inner, &turn, Outcome::Silent, "NO_REPLY", None, Vec::new(), now);
+            commit(&inner, &turn, Outcome::Silent, "NO_REPLY", None, Vec::new(), now).await;
             inner.counters.runs_silent.inc();
             finish(&inner, &turn, RunStatus::Silent, None, None, now, &mut seq, "silent");
         }
@@ -111,22 +86,22 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
                 _ => out.text.trim().to_string(),
             };
             let rows = outbox_rows(&inner, &snap, &turn, &text, "reply");
-            let ok = commit(&inner, &turn, Outcome::Replied, "replied", Some(&text), rows, now);
+            let ok = commit(&inner, &turn, Outcome::Replied, "replied", Some(&text), rows, now).await;
             if ok {
                 inner.counters.runs_ok.inc();
-                finish(&inner, &turn, RunStatus::Ok, Some(text), None, now, &mut seq, "final");
-            } else {
-                finish(
-                    &inner,
-                    &turn,
-                    RunStatus::Error,
-                    None,
-                    Some("could not commit the reply".into()),
-                    now,
-                    &mut seq,
-                    "error",
-                );
+                finish(&inner, &turn, RunStatus::Ok, Some(text.clone()), None, now, &mut seq, "final");
+                return Some(text);
             }
+            finish(
+                &inner,
+                &turn,
+                RunStatus::Error,
+                None,
+                Some("could not commit the reply".into()),
+                now,
+                &mut seq,
+                "error",
+            );
         }
         Err(AgentError::Cancelled) if inner.sup.is_shutting_down() => {
             // Leave the inbound unfinished: it is re-run after the restart.
@@ -142,7 +117,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
             );
         }
         Err(AgentError::Cancelled) => {
-            commit(&inner, &turn, Outcome::Silent, "aborted", None, Vec::new(), now);
+            commit(&inner, &turn, Outcome::Silent, "aborted", None, Vec::new(), now).await;
             finish(&inner, &turn, RunStatus::Aborted, None, Some("aborted".into()), now, &mut seq, "aborted");
         }
         Err(e) => {
@@ -159,12 +134,13 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn) {
                 "⚠️ Sorry, I could not answer: the model request failed. The operator can see the details in `pincer status`.".to_string()
             };
             let rows = outbox_rows(&inner, &snap, &turn, &visible, "error");
-            commit(&inner, &turn, Outcome::Failed, &reason, None, rows, now);
+            commit(&inner, &turn, Outcome::Failed, &reason, None, rows, now).await;
             inner.counters.runs_failed.inc();
             let status = if timeout { RunStatus::Timeout } else { RunStatus::Error };
             finish(&inner, &turn, status, None, Some(reason), now, &mut seq, "error");
         }
     }
+    None
 }
 
 /// Forward a provider event: deltas become `agent`/`chat` events; a `Reset` (a retry or a
@@ -213,8 +189,9 @@ fn outbox_rows(inner: &Inner, snap: &crate::snapshot::Snapshot, turn: &Turn, tex
         .collect()
 }
 
-/// Commit the terminal outcome of every inbound this turn answers, in one transaction.
-fn commit(
+/// Commit the terminal outcome of every inbound this turn answers, in one transaction of the
+/// group-commit writer. Returns false (after logging) when the commit failed.
+async fn commit(
     inner: &Inner,
     turn: &Turn,
     outcome: Outcome,
@@ -224,16 +201,31 @@ fn commit(
     now: i64,
 ) -> bool {
     let has_rows = !rows.is_empty();
+    let (key, ids, run_id) = (turn.session_key.as_str().to_string(), turn.inbound_ids.clone(), turn.run_id.clone());
+    let (reason_s, text) = (reason.to_string(), reply_text.map(str::to_string));
+    let res = inner
+        .writer
+        .run(move |tx| tx.commit_outcome(&key, &ids, &run_id, outcome, &reason_s, text.as_deref(), &rows, now))
+        .await;
+    committed(inner, turn, res, has_rows)
+}
+
+/// Like [`commit`], directly on the store (for the rare synchronous paths: abort, drop).
+fn commit_now(inner: &Inner, turn: &Turn, outcome: Outcome, reason: &str, now: i64) -> bool {
     let res = inner.store.commit_outcome(
         turn.session_key.as_str(),
         &turn.inbound_ids,
         &turn.run_id,
         outcome,
         reason,
-        reply_text,
-        rows,
+        None,
+        Vec::new(),
         now,
     );
+    committed(inner, turn, res, false)
+}
+
+fn committed(inner: &Inner, turn: &Turn, res: Result<Vec<i64>, pincer_store::StoreError>, has_rows: bool) -> bool {
     match res {
         Ok(ids) => {
             for id in &ids {
@@ -294,7 +286,7 @@ fn finish(
 /// Finish a turn that was aborted before or while running, by request.
 pub(crate) fn finish_cancelled(inner: &Inner, turn: &Turn, reason: &str) {
     let now = now_ms();
-    commit(inner, turn, Outcome::Silent, reason, None, Vec::new(), now);
+    commit_now(inner, turn, Outcome::Silent, reason, now);
     let mut seq = 0;
     finish(inner, turn, RunStatus::Aborted, None, Some(reason.to_string()), now, &mut seq, "aborted");
 }
@@ -302,7 +294,7 @@ pub(crate) fn finish_cancelled(inner: &Inner, turn: &Turn, reason: &str) {
 /// Finish a turn dropped by the queue cap.
 pub(crate) fn finish_dropped(inner: &Inner, turn: &Turn, reason: &str) {
     let now = now_ms();
-    commit(inner, turn, Outcome::Failed, reason, None, Vec::new(), now);
+    commit_now(inner, turn, Outcome::Failed, reason, now);
     let mut seq = 0;
     finish(inner, turn, RunStatus::Error, None, Some(reason.to_string()), now, &mut seq, "error");
 }

@@ -4,6 +4,7 @@
 //! a recorded outcome, so a session can never stay wedged.
 
 use crate::gateway::Inner;
+use pincer_agent::{ChatMessage, Role};
 use pincer_core::config::QueueMode;
 use pincer_core::{DeliveryTarget, SessionKey};
 use std::collections::VecDeque;
@@ -55,6 +56,55 @@ pub enum SessionMsg {
     Turn(Box<Turn>),
     /// Abort queued turns, then the active run.
     Abort,
+    /// The transcript was reset: drop the cached history.
+    Reset,
+}
+
+/// The session's recent history (user and assistant messages, oldest first), kept by the
+/// actor so a run does not re-read the transcript. Loaded from the store on first use and
+/// after a reset; updated as turns end.
+#[derive(Default)]
+struct History {
+    msgs: std::collections::VecDeque<ChatMessage>,
+    /// Max messages kept (`historyLimit` at load time); `None` = not loaded.
+    cap: Option<usize>,
+}
+
+impl History {
+    fn push(&mut self, m: ChatMessage) {
+        if let Some(cap) = self.cap {
+            self.msgs.push_back(m);
+            while self.msgs.len() > cap {
+                self.msgs.pop_front();
+            }
+        }
+    }
+
+    /// The history a run of `turn` sees, loading it if needed (entries before the turn's own
+    /// user message).
+    fn for_turn(&mut self, inner: &Inner, turn: &Turn, limit: usize) -> Vec<ChatMessage> {
+        if self.cap.is_none_or(|c| c < limit) {
+            let entries = inner.store.history_for_run(turn.session_key.as_str(), limit + 64).unwrap_or_else(|e| {
+                tracing::error!(session = %turn.session_key, error = %e, "cannot read transcript; running without history");
+                Vec::new()
+            });
+            self.msgs = entries
+                .into_iter()
+                .filter(|e| e.seq < turn.user_seq)
+                .filter_map(|e| match e.role {
+                    pincer_store::Role::User => Some(ChatMessage { role: Role::User, content: e.text }),
+                    pincer_store::Role::Assistant => Some(ChatMessage { role: Role::Assistant, content: e.text }),
+                    _ => None,
+                })
+                .collect();
+            self.cap = Some(limit);
+            while self.msgs.len() > limit {
+                self.msgs.pop_front();
+            }
+        }
+        let skip = self.msgs.len().saturating_sub(limit);
+        self.msgs.iter().skip(skip).cloned().collect()
+    }
 }
 
 /// Handle to a session actor.
@@ -67,7 +117,8 @@ pub struct SessionHandle {
 struct Active {
     run_id: String,
     cancel: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
+    /// Resolves to the reply text when the run replied.
+    done: tokio::task::JoinHandle<Option<String>>,
 }
 
 /// The actor body.
@@ -81,6 +132,7 @@ pub(crate) async fn run_actor(
     let mut queue: VecDeque<Box<Turn>> = VecDeque::new();
     let mut active: Option<Active> = None;
     let mut collect_pending = false;
+    let mut history = History::default();
     loop {
         let snap = inner.snapshot.load();
         let qcfg = &snap.config.messages.queue;
@@ -95,15 +147,26 @@ pub(crate) async fn run_actor(
                 tokio::select! {
                     msg = rx.recv() => {
                         match msg {
-                            Some(m) => { handle_msg(&inner, m, &mut queue, &mut active, qcfg.cap as usize, &snap); continue; }
+                            Some(m) => { handle_msg(&inner, m, &mut queue, &mut active, &mut history, qcfg.cap as usize, &snap); continue; }
                             None => break,
                         }
                     }
                     _ = tokio::time::sleep(quiet) => {}
                     _ = shutdown.cancelled() => break,
                 }
+                // Turns aborted while they waited are finished, not merged into the batch.
+                queue.retain(|t| {
+                    let keep = !t.cancel.is_cancelled();
+                    if !keep {
+                        crate::run::finish_cancelled(&inner, t, "aborted before start");
+                    }
+                    keep
+                });
                 merge_queue(&mut queue);
                 collect_pending = false;
+                if queue.is_empty() {
+                    continue;
+                }
             }
             drop(snap);
             let turn = queue.pop_front().expect("queue is non-empty");
@@ -113,7 +176,10 @@ pub(crate) async fn run_actor(
             }
             let cancel = turn.cancel.clone();
             let run_id = turn.run_id.clone();
-            let done = inner.sup.spawn("session-run", crate::run::execute(inner.clone(), *turn));
+            let limit = inner.snapshot.load().config.agent_history_limit(&turn.agent_id) as usize;
+            let past = history.for_turn(&inner, &turn, limit);
+            history.push(ChatMessage { role: Role::User, content: turn.text.clone() });
+            let done = inner.sup.spawn("session-run", crate::run::execute(inner.clone(), *turn, past));
             active = Some(Active { run_id, cancel, done });
             continue;
         }
@@ -123,21 +189,24 @@ pub(crate) async fn run_actor(
                 match msg {
                     Some(m) => {
                         let was_active = active.is_some();
-                        handle_msg(&inner, m, &mut queue, &mut active, qcfg.cap as usize, &snap);
+                        handle_msg(&inner, m, &mut queue, &mut active, &mut history, qcfg.cap as usize, &snap);
                         if was_active { collect_pending = true; }
                     }
                     None => break,
                 }
             }
-            _ = async { (&mut active.as_mut().expect("guarded").done).await }, if active.is_some() => {
+            reply = async { (&mut active.as_mut().expect("guarded").done).await }, if active.is_some() => {
                 active = None;
+                if let Ok(Some(text)) = reply {
+                    history.push(ChatMessage { role: Role::Assistant, content: text });
+                }
             }
             _ = tokio::time::sleep(IDLE_EXIT), if idle => {
                 // Close the mailbox first, then leave if nothing slipped in meanwhile.
                 if inner.remove_session_if(&key, actor_id) {
                     rx.close();
                     while let Ok(m) = rx.try_recv() {
-                        handle_msg(&inner, m, &mut queue, &mut active, qcfg.cap as usize, &snap);
+                        handle_msg(&inner, m, &mut queue, &mut active, &mut history, qcfg.cap as usize, &snap);
                     }
                     if queue.is_empty() { return; }
                 }
@@ -167,6 +236,7 @@ fn handle_msg(
     msg: SessionMsg,
     queue: &mut VecDeque<Box<Turn>>,
     active: &mut Option<Active>,
+    history: &mut History,
     cap: usize,
     snap: &crate::snapshot::Snapshot,
 ) {
@@ -194,6 +264,7 @@ fn handle_msg(
                 }
             }
         }
+        SessionMsg::Reset => *history = History::default(),
         SessionMsg::Abort => {
             for old in queue.drain(..) {
                 crate::run::finish_cancelled(inner, &old, "aborted");

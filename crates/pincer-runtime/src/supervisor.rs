@@ -40,6 +40,16 @@ impl Supervisor {
         self.tracker.spawn(fut)
     }
 
+    /// Spawn a tracked blocking task (a thread from tokio's blocking pool).
+    pub fn spawn_blocking<F, T>(&self, name: &'static str, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        tracing::trace!(task = name, "spawn_blocking");
+        self.tracker.spawn_blocking(f)
+    }
+
     /// The root cancellation token (cancelled at shutdown).
     pub fn token(&self) -> CancellationToken {
         self.cancel.clone()

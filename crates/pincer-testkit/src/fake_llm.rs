@@ -257,15 +257,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn record(shared: &Shared, api: Api, path: &str, headers: &HeaderMap, body: &Bytes) -> Value {
+/// Publishes "one more request seen" when dropped, i.e. after the handler has taken its
+/// scripted behaviour (or rejected the request), so a test reacting to `wait_for_requests`
+/// can never have its next request take the behaviour meant for this one.
+struct Published<'a>(&'a Shared);
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.0.seen.send_modify(|c| *c += 1);
+    }
+}
+
+fn record<'a>(shared: &'a Shared, api: Api, path: &str, headers: &HeaderMap, body: &Bytes) -> (Value, Published<'a>) {
     let body = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     let headers = headers
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     lock(&shared.requests).push(RecordedRequest { api, path: path.to_string(), headers, body: body.clone() });
-    shared.seen.send_modify(|c| *c += 1);
-    body
+    (body, Published(shared))
 }
 
 fn next_behaviour(shared: &Shared, req: &Value) -> Behaviour {
@@ -427,7 +437,7 @@ impl OpenAiChunks {
 }
 
 async fn openai_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
-    let req = record(&shared, Api::OpenAi, "/v1/chat/completions", &headers, &raw);
+    let (req, published) = record(&shared, Api::OpenAi, "/v1/chat/completions", &headers, &raw);
     if !req.is_object() {
         let msg = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)";
         return json_response(400, openai_error(msg, "invalid_request_error", None, None).to_string(), None);
@@ -445,7 +455,7 @@ async fn openai_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw
         );
         return json_response(400, e.to_string(), None);
     }
-    let n = *shared.seen.borrow();
+    let n = lock(&shared.requests).len();
     let wants_stream = req["stream"].as_bool().unwrap_or(false);
     let chunks = OpenAiChunks {
         id: format!("chatcmpl-fake{n}"),
@@ -453,7 +463,9 @@ async fn openai_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw
         include_usage: wants_stream && req["stream_options"]["include_usage"].as_bool() == Some(true),
     };
     let prompt_tokens = input_tokens(&req);
-    match next_behaviour(&shared, &req) {
+    let behaviour = next_behaviour(&shared, &req);
+    drop(published);
+    match behaviour {
         Behaviour::Reply { text, stream: true, chunk_size } => {
             let mut events = chunks.content(&text, chunk_size);
             events.extend(chunks.finish(prompt_tokens, tokens(&text)));
@@ -592,7 +604,7 @@ fn anthropic_reject(status: u16, kind: &str, message: &str) -> Response {
 }
 
 async fn anthropic_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
-    let req = record(&shared, Api::Anthropic, "/v1/messages", &headers, &raw);
+    let (req, published) = record(&shared, Api::Anthropic, "/v1/messages", &headers, &raw);
     if headers.get("x-api-key").is_none() {
         return anthropic_reject(401, "authentication_error", "x-api-key header is required");
     }
@@ -621,14 +633,16 @@ async fn anthropic_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
             "messages: Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role.",
         );
     }
-    let n = *shared.seen.borrow();
+    let n = lock(&shared.requests).len();
     let wants_stream = req["stream"].as_bool().unwrap_or(false);
     let ev = AnthropicEvents {
         id: format!("msg_fake{n}"),
         model: req["model"].as_str().unwrap_or("").to_string(),
         input_tokens: input_tokens(&req),
     };
-    match next_behaviour(&shared, &req) {
+    let behaviour = next_behaviour(&shared, &req);
+    drop(published);
+    match behaviour {
         Behaviour::Reply { text, stream: true, chunk_size } => {
             let mut events = ev.start(&text, chunk_size);
             events.extend(ev.finish(tokens(&text)));

@@ -235,15 +235,17 @@ async fn in_process_agent(conn: &ConnectOpts, args: AgentArgs, key: String) -> R
     })
     .await?;
     let h = gw.handle();
-    let submitted = h.submit(pincer_runtime::SubmitTurn {
-        session_key: args.session,
-        agent_id: args.agent,
-        message: args.message,
-        idempotency_key: Some(key),
-        deliver: None,
-        queue_mode: None,
-        ingress: "cli".into(),
-    });
+    let submitted = h
+        .submit(pincer_runtime::SubmitTurn {
+            session_key: args.session,
+            agent_id: args.agent,
+            message: args.message,
+            idempotency_key: Some(key),
+            deliver: None,
+            queue_mode: None,
+            ingress: "cli".into(),
+        })
+        .await;
     let code = match submitted {
         Ok(s) => {
             let info = h.wait_run(&s.run_id, Duration::from_secs(args.timeout)).await;

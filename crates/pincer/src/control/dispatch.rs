@@ -137,7 +137,7 @@ pub async fn handle(state: ControlState, req: Request) {
                 queue_mode,
                 ingress: if req.method == "chat.send" { "webchat".into() } else { "api".into() },
             };
-            let submitted = match gw.submit(submit) {
+            let submitted = match gw.submit(submit).await {
                 Ok(s) => s,
                 Err(e) => return out.error(id, runtime_err(e)),
             };
@@ -220,7 +220,7 @@ pub async fn handle(state: ControlState, req: Request) {
                 idempotency_key: Some(key.to_string()),
                 session_key: str_param(p, "sessionKey").map(str::to_string),
             };
-            match gw.send(req) {
+            match gw.send(req).await {
                 Ok((delivery_id, created)) => out.ok(
                     id,
                     json!({"deliveryId": delivery_id, "status": "queued", "duplicate": !created, "channel": channel}),
@@ -256,9 +256,9 @@ pub async fn handle(state: ControlState, req: Request) {
             let Some(key) = str_param(p, "key").or_else(|| str_param(p, "sessionKey")) else {
                 return out.error(id, missing("key"));
             };
-            match gw.store().reset_session(key, pincer_runtime::now_ms()) {
+            match gw.reset_session(key) {
                 Ok(existed) => out.ok(id, json!({"ok": true, "key": key, "existed": existed})),
-                Err(e) => out.error(id, err("UNAVAILABLE", e.to_string())),
+                Err(e) => out.error(id, runtime_err(e)),
             }
         }
         "deliveries.list" => {

@@ -157,15 +157,18 @@ pub async fn chat_completions(
     let gw = state.gateway();
     let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
     let mut events = gw.events().subscribe();
-    let submitted = match gw.submit(SubmitTurn {
-        session_key: Some(session),
-        agent_id: agent,
-        message: last_user,
-        idempotency_key: None,
-        deliver: None,
-        queue_mode: None,
-        ingress: "openai".into(),
-    }) {
+    let submitted = match gw
+        .submit(SubmitTurn {
+            session_key: Some(session),
+            agent_id: agent,
+            message: last_user,
+            idempotency_key: None,
+            deliver: None,
+            queue_mode: None,
+            ingress: "openai".into(),
+        })
+        .await
+    {
         Ok(s) => s,
         Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", &e.to_string()),
     };
