@@ -5,10 +5,11 @@
 //! 2. **startup**: time from spawning the real `pincer` binary to its port accepting;
 //! 3. **idle RSS** of the running gateway.
 //!
-//! Usage: `cargo run --release -p pincer-bench -- [--messages N] [--sessions S] [--producers P] [--binary PATH]`
+//! Usage: `cargo run --release -p pincer-bench -- [--messages N] [--sessions S] [--producers P] [--max-concurrent C] [--binary PATH]`
 //! (build the binary first with `cargo build --release -p pincer`).
 
 use anyhow::{bail, Context, Result};
+
 use pincer_core::config::{Config, DmPolicy, GroupPolicy};
 use pincer_core::wake::{MentionGate, WakePolicy};
 use pincer_core::{AccountId, Author, ChannelId, ChatKind, Inbound, MentionFacts};
@@ -20,11 +21,12 @@ struct Args {
     messages: usize,
     sessions: usize,
     producers: usize,
+    max_concurrent: u32,
     binary: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { messages: 50_000, sessions: 200, producers: 32, binary: None };
+    let mut a = Args { messages: 50_000, sessions: 200, producers: 32, max_concurrent: 64, binary: None };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -32,6 +34,7 @@ fn parse_args() -> Result<Args> {
             "--messages" => a.messages = v.parse()?,
             "--sessions" => a.sessions = v.parse()?,
             "--producers" => a.producers = v.parse::<usize>()?.max(1),
+            "--max-concurrent" => a.max_concurrent = v.parse::<u32>()?.max(1),
             "--binary" => a.binary = Some(v.into()),
             other => bail!("unknown flag {other}"),
         }
@@ -70,7 +73,7 @@ async fn throughput(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(pincer_store::Store::open(&dir.path().join("pincer.db"))?);
     let mut config = Config::default();
-    config.agents.defaults.max_concurrent = 64;
+    config.agents.defaults.max_concurrent = args.max_concurrent;
     config.messages.queue.cap = 1_000_000;
     let gw = Gateway::start(GatewayOptions {
         state_dir: dir.path().to_path_buf(),

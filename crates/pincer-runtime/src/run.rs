@@ -85,7 +85,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMess
                 Some(p) if !p.is_empty() => format!("{p} {}", out.text.trim()),
                 _ => out.text.trim().to_string(),
             };
-            let rows = outbox_rows(&inner, &snap, &turn, &text, "reply");
+            let rows = outbox_rows(&snap, &turn, &text);
             let ok = commit(&inner, &turn, Outcome::Replied, "replied", Some(&text), rows, now).await;
             if ok {
                 inner.counters.runs_ok.inc();
@@ -133,7 +133,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMess
             } else {
                 "⚠️ Sorry, I could not answer: the model request failed. The operator can see the details in `pincer status`.".to_string()
             };
-            let rows = outbox_rows(&inner, &snap, &turn, &visible, "error");
+            let rows = outbox_rows(&snap, &turn, &visible);
             commit(&inner, &turn, Outcome::Failed, &reason, None, rows, now).await;
             inner.counters.runs_failed.inc();
             let status = if timeout { RunStatus::Timeout } else { RunStatus::Error };
@@ -172,19 +172,19 @@ fn emit_delta(inner: &Inner, turn: &Turn, seq: &mut u64, streamed: &mut String, 
 }
 
 /// Build the outbox rows of a reply (chunked to the channel's limit). Web chat turns have none.
-fn outbox_rows(inner: &Inner, snap: &crate::snapshot::Snapshot, turn: &Turn, text: &str, kind: &str) -> Vec<NewOutbox> {
+fn outbox_rows(snap: &crate::snapshot::Snapshot, turn: &Turn, text: &str) -> Vec<NewOutbox> {
     let ReplyTo::Channel(target) = &turn.reply_to else {
         return Vec::new();
     };
     let limit = snap
         .sender(target.channel.as_str(), target.account.as_str())
         .map_or(DEFAULT_CHUNK_LIMIT, |s| s.text_chunk_limit());
-    let _ = inner;
     pincer_core::chunk::chunk_text(text, limit)
         .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            NewOutbox::new(target.clone(), chunk).with_idempotency_key(format!("{}:{kind}:{i}", turn.run_id))
+        .map(|chunk| {
+            // No idempotency key: the rows commit in the same transaction as the outcome,
+            // which can be recorded only once, so they cannot be created twice.
+            NewOutbox::new(target.clone(), chunk)
         })
         .collect()
 }
