@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 /// Inbound dedupe window: 24 h, longer than any platform's redelivery window.
 pub const DEDUPE_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -415,20 +414,15 @@ impl GatewayHandle {
         };
         self.inner.counters.inbound_accepted.inc();
         tracing::debug!(session = %route.session_key, wake = ?reason, "inbound accepted");
-        let turn = Turn {
-            run_id: run_id.clone(),
-            session_key: route.session_key.clone(),
-            agent_id: route.agent_id,
-            text: inbound.text,
-            inbound_ids: vec![acc.inbound_id],
-            user_seq: acc.user_seq,
-            reply_to: ReplyTo::Channel(route.delivery),
-            queue_mode: None,
-            cancel: CancellationToken::new(),
-            merged_runs: Vec::new(),
-        };
-        self.register_run(&turn);
-        self.dispatch(turn);
+        let turn = Turn::new(
+            run_id.clone(),
+            route.session_key.clone(),
+            route.agent_id,
+            inbound.text,
+            acc,
+            ReplyTo::Channel(route.delivery),
+        );
+        self.start_turn(turn);
         Ok(IngestOutcome::Accepted { run_id, session_key: route.session_key })
     }
 
@@ -495,20 +489,16 @@ impl GatewayHandle {
             });
             return Ok(Submitted { run_id, session_key: key, duplicate: true, info });
         };
-        let turn = Turn {
-            run_id: run_id.clone(),
-            session_key: key.clone(),
-            agent_id: agent,
-            text: req.message,
-            inbound_ids: vec![acc.inbound_id],
-            user_seq: acc.user_seq,
-            reply_to: req.deliver.map_or(ReplyTo::Session, ReplyTo::Channel),
-            queue_mode: req.queue_mode,
-            cancel: CancellationToken::new(),
-            merged_runs: Vec::new(),
-        };
-        let info = self.register_run(&turn);
-        self.dispatch(turn);
+        let mut turn = Turn::new(
+            run_id.clone(),
+            key.clone(),
+            agent,
+            req.message,
+            acc,
+            req.deliver.map_or(ReplyTo::Session, ReplyTo::Channel),
+        );
+        turn.queue_mode = req.queue_mode;
+        let info = self.start_turn(turn);
         Ok(Submitted { run_id, session_key: key, duplicate: false, info: Some(info) })
     }
 
@@ -533,6 +523,13 @@ impl GatewayHandle {
                 })
             })
             .await?)
+    }
+
+    /// Register a turn's run and hand it to its session actor.
+    fn start_turn(&self, turn: Turn) -> RunInfo {
+        let info = self.register_run(&turn);
+        self.dispatch(turn);
+        info
     }
 
     fn register_run(&self, turn: &Turn) -> RunInfo {
@@ -579,20 +576,15 @@ impl GatewayHandle {
             tracing::warn!(count = pending.len(), "resuming messages accepted before the last stop");
         }
         for p in pending {
-            let turn = Turn {
-                run_id: p.run_id,
-                session_key: SessionKey::from_raw(p.session_key),
-                agent_id: AgentId::new(&p.agent_id),
-                text: p.text,
-                inbound_ids: vec![p.inbound_id],
-                user_seq: p.user_seq,
-                reply_to: p.target.map_or(ReplyTo::Session, ReplyTo::Channel),
-                queue_mode: None,
-                cancel: CancellationToken::new(),
-                merged_runs: Vec::new(),
-            };
-            self.register_run(&turn);
-            self.dispatch(turn);
+            let accepted = pincer_store::Accepted { inbound_id: p.inbound_id, user_seq: p.user_seq };
+            self.start_turn(Turn::new(
+                p.run_id,
+                SessionKey::from_raw(p.session_key),
+                AgentId::new(&p.agent_id),
+                p.text,
+                accepted,
+                p.target.map_or(ReplyTo::Session, ReplyTo::Channel),
+            ));
         }
         Ok(())
     }

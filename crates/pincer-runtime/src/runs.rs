@@ -35,6 +35,17 @@ impl RunStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
     }
+
+    /// The status word of `agent` / `agent.wait` responses (reference §2): `ok` (replied or
+    /// deliberately silent), `timeout` (the run timed out, or is still going when the wait
+    /// ended), or `error`.
+    pub fn wire_status(self) -> &'static str {
+        match self {
+            RunStatus::Ok | RunStatus::Silent => "ok",
+            RunStatus::Timeout | RunStatus::Queued | RunStatus::Running => "timeout",
+            RunStatus::Error | RunStatus::Aborted => "error",
+        }
+    }
 }
 
 /// A snapshot of one run.

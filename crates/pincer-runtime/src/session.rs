@@ -50,6 +50,31 @@ pub struct Turn {
     pub merged_runs: Vec<String>,
 }
 
+impl Turn {
+    /// A turn for one accepted message (default queue mode, fresh cancel token).
+    pub fn new(
+        run_id: String,
+        session_key: SessionKey,
+        agent_id: pincer_core::AgentId,
+        text: String,
+        accepted: pincer_store::Accepted,
+        reply_to: ReplyTo,
+    ) -> Turn {
+        Turn {
+            run_id,
+            session_key,
+            agent_id,
+            text,
+            inbound_ids: vec![accepted.inbound_id],
+            user_seq: accepted.user_seq,
+            reply_to,
+            queue_mode: None,
+            cancel: CancellationToken::new(),
+            merged_runs: Vec::new(),
+        }
+    }
+}
+
 /// Messages to a session actor.
 pub enum SessionMsg {
     /// A new turn.
@@ -134,7 +159,8 @@ pub(crate) async fn run_actor(
     let mut collect_pending = false;
     let mut history = History::default();
     loop {
-        let snap = inner.snapshot.load();
+        // An owned snapshot (not an arc-swap guard): it is held across the awaits below.
+        let snap = inner.snapshot.load_full();
         let qcfg = &snap.config.messages.queue;
         if active.is_none() && !queue.is_empty() {
             let mode = queue

@@ -249,11 +249,7 @@ async fn in_process_agent(conn: &ConnectOpts, args: AgentArgs, key: String) -> R
     let code = match submitted {
         Ok(s) => {
             let info = h.wait_run(&s.run_id, Duration::from_secs(args.timeout)).await;
-            let status = match info.as_ref().map(|i| i.status) {
-                Some(pincer_runtime::runs::RunStatus::Ok) | Some(pincer_runtime::runs::RunStatus::Silent) => "ok",
-                Some(pincer_runtime::runs::RunStatus::Timeout) => "timeout",
-                _ => "error",
-            };
+            let status = info.as_ref().map_or("error", |i| i.status.wire_status());
             print_agent_result(
                 Ok(json!({"runId": s.run_id, "status": status, "result": info, "inProcess": true})),
                 args.json,

@@ -197,7 +197,11 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
         AuthMode::None => println!("  auth:     none (loopback only)"),
     }
     if loaded.config.gateway.control_ui.enabled {
-        println!("  web chat: http://{local}/");
+        match auth {
+            // Printed once, with the token it was generated with, so the page logs in directly.
+            AuthMode::Token if generated => println!("  web chat: http://{local}/#token={token}"),
+            _ => println!("  web chat: http://{local}/"),
+        }
     }
     println!("listening on ws://{local} (ready in {} ms)", t0.elapsed().as_millis());
     drop(snap);

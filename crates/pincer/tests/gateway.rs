@@ -238,3 +238,78 @@ async fn corrupt_database_is_a_clear_error() {
     assert!(err.contains("pincer.db"), "names the file: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Malformed frames after the handshake get `INVALID_REQUEST` answers; the connection and the
+/// daemon keep working. Deterministic pseudo-random garbage, no extra dependency.
+#[tokio::test]
+async fn malformed_frames_get_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(dir.path(), &["--log-format", "json"]).await;
+    let mut ws = d.client().await;
+    let fixed = [
+        "",
+        "not json",
+        "[]",
+        "null",
+        "42",
+        r#"{"type":"req"}"#,
+        r#"{"type":"req","id":"","method":"health"}"#,
+        r#"{"type":"req","id":7,"method":"health"}"#,
+        r#"{"type":"res","id":"x","ok":true}"#,
+        r#"{"type":"req","id":"x","method":"connect","params":{}}"#,
+        r#"{"type":"req","id":"x","method":"chat.send","params":{"message":5}}"#,
+        r#"{"type":"req","id":"x","method":"chat.send","params":"nope"}"#,
+        r#"{"type":"req","id":"x","method":"send","params":{"to":"a","channel":"webhook","message":"m"}}"#,
+        r#"{"type":"req","id":"x","method":"agent.wait","params":{"runId":"nope","timeoutMs":1}}"#,
+        r#"{"type":"req","id":"x","method":"sessions.get","params":{"key":"agent:main:none"}}"#,
+        r#"{"type":"req","id":"x","method":"deliveries.list","params":{"status":"bogus"}}"#,
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut frames: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    for _ in 0..200 {
+        let base = fixed[(rand() % fixed.len() as u64) as usize].as_bytes().to_vec();
+        let mut b = base.clone();
+        for _ in 0..(rand() % 4 + 1) {
+            if b.is_empty() {
+                break;
+            }
+            let i = (rand() % b.len() as u64) as usize;
+            b[i] = (rand() % 128) as u8;
+        }
+        frames.push(String::from_utf8_lossy(&b).into_owned());
+    }
+    for f in &frames {
+        ws.send_text(f).await;
+    }
+    // Exactly one answer per frame (mostly errors), then the connection still serves requests.
+    let mut answers = 0;
+    while answers < frames.len() {
+        let f = ws.recv().await.expect("connection stays open");
+        if f["type"] == "res" {
+            answers += 1;
+            if f["ok"] == false {
+                assert!(f["error"]["code"].is_string(), "{f}");
+            }
+        }
+    }
+    let res = ws.request("health", json!({})).await;
+    assert_eq!(res["ok"], true, "{res}");
+    let mut ws2 = d.client().await;
+    assert_eq!(ws2.request("status", json!({})).await["ok"], true);
+    let (code, stderr) = d.stop().await;
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let logs: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!logs.is_empty());
+    for l in logs {
+        let v: Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("--log-format json wrote a non-JSON line {l:?}: {e}"));
+        assert!(v.get("level").is_some(), "{l}");
+    }
+}

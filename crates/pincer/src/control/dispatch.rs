@@ -71,7 +71,7 @@ pub async fn handle(state: ControlState, req: Request) {
             for (c, a) in snap.senders.keys() {
                 let entry = accounts.entry(c.clone()).or_insert_with(|| json!([]));
                 if let Some(arr) = entry.as_array_mut() {
-                    arr.push(json!({"accountId": a, "enabled": true, "configured": true, "running": true, "connected": true, "mode": "outbound"}));
+                    arr.push(json!({"accountId": a, "enabled": true, "configured": true, "running": true, "mode": "outbound"}));
                 }
             }
             let order: Vec<String> = accounts.keys().cloned().collect();
@@ -162,11 +162,7 @@ pub async fn handle(state: ControlState, req: Request) {
             if !final_info.status.is_terminal() {
                 return out.error(id, json!({"code": "AGENT_TIMEOUT", "message": "timed out waiting for the run", "details": {"runId": final_info.run_id}}));
             }
-            let status = match final_info.status {
-                pincer_runtime::runs::RunStatus::Ok | pincer_runtime::runs::RunStatus::Silent => "ok",
-                pincer_runtime::runs::RunStatus::Timeout => "timeout",
-                _ => "error",
-            };
+            let status = final_info.status.wire_status();
             out.ok(
                 id,
                 json!({"runId": final_info.run_id, "status": status, "result": final_info, "summary": final_info.text}),
@@ -178,11 +174,7 @@ pub async fn handle(state: ControlState, req: Request) {
             match gw.wait_run(run_id, timeout).await {
                 None => out.error(id, err("INVALID_REQUEST", format!("unknown runId: {run_id}"))),
                 Some(i) => {
-                    let status = match i.status {
-                        s if !s.is_terminal() => "timeout",
-                        pincer_runtime::runs::RunStatus::Ok | pincer_runtime::runs::RunStatus::Silent => "ok",
-                        _ => "error",
-                    };
+                    let status = i.status.wire_status();
                     out.ok(id, json!({"runId": i.run_id, "status": status, "startedAt": i.started_at, "endedAt": i.ended_at, "error": i.error, "run": i}));
                 }
             }

@@ -194,11 +194,6 @@ async fn session(
                 biased;
                 m = out_rx.recv() => match m {
                     Some(Outgoing::Res(s)) => s,
-                    Some(Outgoing::Event(event, payload)) => { seq += 1; json!({"type": "event", "event": event, "payload": payload, "seq": seq}).to_string() }
-                    Some(Outgoing::Close(code, reason)) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                        return;
-                    }
                     None => return,
                 },
                 ev = events.recv() => match ev {
@@ -292,10 +287,6 @@ async fn session(
 pub enum Outgoing {
     /// A serialised `res` frame.
     Res(String),
-    /// An event addressed to this connection only.
-    Event(String, Value),
-    /// Close with code and reason.
-    Close(u16, String),
 }
 
 /// Sends responses for one request.
@@ -311,15 +302,5 @@ impl Responder {
     /// `res ok:false`.
     pub fn error(&self, id: &Value, error: Value) {
         let _ = self.0.send(Outgoing::Res(res_err(id, error)));
-    }
-    /// An event to this connection only.
-    #[allow(dead_code)]
-    pub fn event(&self, event: &str, payload: Value) {
-        let _ = self.0.send(Outgoing::Event(event.to_string(), payload));
-    }
-    /// Close the connection.
-    #[allow(dead_code)]
-    pub fn close(&self, code: u16, reason: &str) {
-        let _ = self.0.send(Outgoing::Close(code, reason.to_string()));
     }
 }
