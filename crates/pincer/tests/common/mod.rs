@@ -116,11 +116,21 @@ impl Daemon {
         Ws::connect_auth(&self.ws_url(), &self.token, &["operator.read", "operator.write", "operator.admin"]).await
     }
 
-    /// Send a signal to the process.
+    /// Send a signal (`TERM`, `KILL`, `HUP`, `USR1`, `USR2`) to the process.
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running");
-        let st = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
-        assert!(st.success());
+        let pid = self.child.id().expect("running") as libc::pid_t;
+        let signo = match sig {
+            "TERM" => libc::SIGTERM,
+            "KILL" => libc::SIGKILL,
+            "HUP" => libc::SIGHUP,
+            "USR1" => libc::SIGUSR1,
+            "USR2" => libc::SIGUSR2,
+            "INT" => libc::SIGINT,
+            other => panic!("unknown signal {other}"),
+        };
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
+        let rc = unsafe { libc::kill(pid, signo) };
+        assert_eq!(rc, 0, "kill -{sig} {pid} failed");
     }
 
     /// SIGKILL and reap.
