@@ -11,10 +11,11 @@ use pincer_store::Role;
 use pincer_testkit::Behaviour;
 use std::time::Duration;
 
-/// A reply that streams for about `chars × gap` of real time: long enough to queue messages
-/// behind it, and a precondition assert checks it really was still running.
+/// A reply that streams for about `chars × gap` of real time (~3 s for "first answer"): long
+/// enough to queue messages behind it even on a loaded CI machine, and a precondition assert
+/// checks it really was still running.
 fn slow(text: &str) -> Behaviour {
-    Behaviour::SlowStream { text: text.into(), gap: Duration::from_millis(60) }
+    Behaviour::SlowStream { text: text.into(), gap: Duration::from_millis(250) }
 }
 
 fn assert_status(h: &Harness, run_id: &str, want: RunStatus, why: &str) {

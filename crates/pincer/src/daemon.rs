@@ -166,6 +166,13 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
         process.spawn("control-plane", async move { control::serve(listener, control, cancel).await })
     };
     paths::write_atomic(&paths::address_file(&state), format!("{local}\n").as_bytes())?;
+    // Inputs are wired before the ready line, so nothing sent after it can be missed.
+    if loaded.config.gateway.reload.mode == pincer_core::config::ReloadMode::Hybrid {
+        // No baseline: the first poll asks for a reload, which is a no-op when the file still
+        // has the hash that was loaded, and catches an edit made since.
+        process.spawn("config-watcher", watch_file(config_path.clone(), None, ctl_tx.clone(), process.token()));
+    }
+    spawn_signals(&process, ctl_tx.clone())?;
 
     let snap = handle.snapshot();
     let agent = snap.runner.describe(&snap.config.agent_model_chain(&snap.config.default_agent_id()));
@@ -205,11 +212,6 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
     }
     println!("listening on ws://{local} (ready in {} ms)", t0.elapsed().as_millis());
     drop(snap);
-
-    if loaded.config.gateway.reload.mode == pincer_core::config::ReloadMode::Hybrid {
-        process.spawn("config-watcher", watch_file(config_path.clone(), ctl_tx.clone(), process.token()));
-    }
-    spawn_signals(&process, ctl_tx.clone())?;
 
     let mut gateway = Some(gateway);
     let mut current = loaded;
@@ -339,25 +341,34 @@ fn apply_text(
     })
 }
 
-/// Poll the config file's (mtime, len) every 500 ms; a change that stays put for 300 ms
-/// triggers a reload. Polling survives editors' rename-over writes without special cases.
-async fn watch_file(path: PathBuf, tx: mpsc::Sender<ControlInput>, cancel: tokio_util::sync::CancellationToken) {
-    let stat = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
-    let mut last = stat(&path);
+/// Poll the config file every 500 ms and compare its bytes with the last version seen; a
+/// change that stays put for 300 ms triggers a reload. Comparing
+/// contents rather than (mtime, len) cannot miss an edit made within one mtime tick, and
+/// polling survives editors' rename-over writes without special cases.
+async fn watch_file(
+    path: PathBuf,
+    seen: Option<Vec<u8>>,
+    tx: mpsc::Sender<ControlInput>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut last = seen;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let now = stat(&path);
-        if now != last {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let settled = stat(&path);
-            if settled == now {
-                last = now;
-                if tx.send(ControlInput::Reload("file watcher")).await.is_err() {
-                    return;
-                }
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        if std::fs::read(&path).ok() == now {
+            last = now;
+            if tx.send(ControlInput::Reload("file watcher")).await.is_err() {
+                return;
             }
         }
     }

@@ -8,6 +8,21 @@ use common::*;
 use pincer_testkit::{Behaviour, FakeLlm, FakeWebhook, WebhookBehaviour};
 use serde_json::{json, Value};
 
+/// Poll `deliveries.list` until row `id` has `status` (bounded by `WAIT`); returns the row.
+async fn wait_row(ws: &mut Ws, status: &str, id: i64) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let res = ws.request("deliveries.list", json!({"status": status})).await;
+            if let Some(r) = res["payload"]["deliveries"].as_array().unwrap().iter().find(|r| r["id"] == id) {
+                return r.clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("delivery {id} never became {status}"))
+}
+
 fn webhook_config(url: &str) -> Value {
     json!({
         "channels": {"webhook": {"url": url}},
@@ -50,13 +65,7 @@ async fn message_send_is_delivered_once_with_retries() {
 
     let mut ws = d.client().await;
     // The sent mark lands right after the receiver's 200; wait for it through the API.
-    let row = loop {
-        let res = ws.request("deliveries.list", json!({"status": "sent"})).await;
-        if let Some(r) = res["payload"]["deliveries"].as_array().unwrap().iter().find(|r| r["id"] == id) {
-            break r.clone();
-        }
-        tokio::task::yield_now().await;
-    };
+    let row = wait_row(&mut ws, "sent", id).await;
     assert_eq!(row["attempts"], 3, "two failures then success: {row}");
     assert_eq!(row["platformMessageId"], "wh-1");
     assert_eq!(hook.deliveries().len(), 1, "delivered exactly once");
@@ -77,13 +86,7 @@ async fn failed_delivery_is_visible_and_retryable() {
         .request("send", json!({"channel": "webhook", "to": "u1", "message": "doomed", "idempotencyKey": "s-1"}))
         .await;
     let id = res["payload"]["deliveryId"].as_i64().unwrap();
-    let row = loop {
-        let res = ws.request("deliveries.list", json!({"status": "failed"})).await;
-        if let Some(r) = res["payload"]["deliveries"].as_array().unwrap().iter().find(|r| r["id"] == id) {
-            break r.clone();
-        }
-        tokio::task::yield_now().await;
-    };
+    let row = wait_row(&mut ws, "failed", id).await;
     assert!(row["lastError"].as_str().unwrap().contains("500"), "{row}");
     let status = ws.request("status", json!({})).await;
     assert!(
@@ -194,9 +197,12 @@ async fn kill_9_mid_delivery_loses_nothing_and_sends_nothing_twice() {
     assert!(two < three, "order kept across the restart");
     let mut ws = d.client().await;
     let res = ws.request("deliveries.list", json!({"status": "unknown"})).await;
-    let unknown = res["payload"]["deliveries"].as_array().unwrap();
-    assert_eq!(unknown.len(), 1, "{res}");
-    assert_eq!(unknown[0]["text"], "one");
+    let unknown: Vec<&str> =
+        res["payload"]["deliveries"].as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap()).collect();
+    assert!(unknown.contains(&"one"), "the held row is unknown: {res}");
+    // "independent" reached the receiver before the kill; whether its `sent` mark committed first
+    // is a race, so it is either sent or unknown, and in both cases it is not sent again.
+    assert!(unknown.iter().all(|t| *t == "one" || *t == "independent"), "{res}");
     d.stop().await;
     assert_eq!(hook.deliveries().len(), 4, "no duplicates at all");
 }

@@ -11,6 +11,17 @@ async fn generation(ws: &mut Ws) -> u64 {
     st["payload"]["config"]["generation"].as_u64().unwrap()
 }
 
+/// Poll `status` until the config generation reaches `n` (bounded by `WAIT`).
+async fn wait_generation(ws: &mut Ws, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        while generation(ws).await < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("config generation {n} not reached"));
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_invalid_files_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
@@ -21,12 +32,7 @@ async fn sighup_reloads_and_invalid_files_are_skipped() {
 
     write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[b]"}}));
     d.signal("HUP");
-    loop {
-        if generation(&mut ws).await == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_generation(&mut ws, 2).await;
     let r = ws.request("agent", json!({"message": "x", "idempotencyKey": "r1"})).await;
     let fin = ws.response(r["id"].as_str().unwrap()).await;
     assert_eq!(fin["payload"]["result"]["text"], "[b] echo: x", "the new snapshot is used: {fin}");
@@ -34,23 +40,22 @@ async fn sighup_reloads_and_invalid_files_are_skipped() {
     // An invalid file is skipped; the running config stays.
     std::fs::write(dir.path().join("pincer.json"), "{ gateway: { port: \"nope\" } }").unwrap();
     d.signal("HUP");
-    let err = loop {
-        let st = ws.request("status", json!({})).await;
-        if let Some(m) = st["payload"]["config"]["lastReloadError"]["message"].as_str() {
-            break m.to_string();
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            let st = ws.request("status", json!({})).await;
+            if let Some(m) = st["payload"]["config"]["lastReloadError"]["message"].as_str() {
+                break m.to_string();
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    };
+    })
+    .await
+    .expect("the refused reload shows in status");
     assert!(err.contains("gateway.port"), "status names the problem: {err}");
     assert_eq!(generation(&mut ws).await, 2, "the running config stays");
     write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[c]"}}));
     d.signal("HUP");
-    loop {
-        if generation(&mut ws).await == 3 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_generation(&mut ws, 3).await;
     let (code, stderr) = d.stop().await;
     assert_eq!(code, Some(0));
     assert!(stderr.contains("config reload skipped"), "{stderr}");
@@ -64,12 +69,7 @@ async fn file_watcher_reloads_in_hybrid_mode() {
     let d = Daemon::start(dir.path()).await;
     let mut ws = d.client().await;
     write_config(dir.path(), &json!({"messages": {"responsePrefix": "[watched]"}}));
-    loop {
-        if generation(&mut ws).await >= 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_generation(&mut ws, 2).await;
     d.stop().await;
 }
 
