@@ -26,6 +26,14 @@ use tokio::sync::{Notify, Semaphore};
 
 /// Inbound dedupe window: 24 h, longer than any platform's redelivery window.
 pub const DEDUPE_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Finished inbound ledger rows and closed outbox rows are kept this long (30 days), so
+/// operators can still inspect recent failures.
+pub const LEDGER_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Thread participation is remembered this long after the bot's last reply (7 days, as the
+/// reference's Mattermost channel does).
+pub const THREAD_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How often the maintenance task prunes expired rows.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -248,8 +256,14 @@ impl Inner {
 
     /// Remove the session entry if it still belongs to actor `id`.
     pub(crate) fn remove_session_if(&self, key: &SessionKey, id: u64) -> bool {
+        self.retire_session(key, id, || true)
+    }
+
+    /// Remove the session entry if it still belongs to actor `id` and `idle()` holds, both
+    /// checked under the sessions lock (which every sender holds while sending).
+    pub(crate) fn retire_session(&self, key: &SessionKey, id: u64, idle: impl FnOnce() -> bool) -> bool {
         let mut map = lock(&self.sessions);
-        if map.get(key).is_some_and(|h| h.id == id) {
+        if map.get(key).is_some_and(|h| h.id == id) && idle() {
             map.remove(key);
             true
         } else {
@@ -304,6 +318,7 @@ impl Gateway {
             let i2 = inner.clone();
             inner.sup.spawn("delivery-worker", crate::delivery::run(i2));
         }
+        inner.sup.spawn("maintenance", maintenance(inner.clone()));
         Ok(Gateway { handle })
     }
 
@@ -782,6 +797,42 @@ impl GatewayHandle {
     /// Config path (for reload and `config.get`).
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.inner.config_path.as_ref()
+    }
+}
+
+/// Periodically prune expired dedupe entries, old finished ledger rows and stale thread
+/// participation, off the async workers. Returns at shutdown.
+async fn maintenance(inner: Arc<Inner>) {
+    let cancel = inner.sup.token();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+        }
+        let store = inner.store.clone();
+        let pruned = inner
+            .sup
+            .spawn_blocking("maintenance-prune", move || {
+                let now = now_ms();
+                let dedupe = store.prune_dedupe(now)?;
+                let ledger = store.prune_finished(now - LEDGER_RETENTION_MS)?;
+                let threads = store.prune_threads(now - THREAD_RETENTION_MS)?;
+                Ok::<_, pincer_store::StoreError>((dedupe, ledger, threads))
+            })
+            .await;
+        match pruned {
+            Ok(Ok((dedupe, ledger, threads))) => {
+                tracing::debug!(
+                    dedupe,
+                    inbound = ledger.inbound,
+                    outbox = ledger.outbox,
+                    threads,
+                    "pruned expired rows"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "maintenance prune failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "maintenance task failed; will retry"),
+        }
     }
 }
 

@@ -228,13 +228,11 @@ pub(crate) async fn run_actor(
                 }
             }
             _ = tokio::time::sleep(IDLE_EXIT), if idle => {
-                // Close the mailbox first, then leave if nothing slipped in meanwhile.
-                if inner.remove_session_if(&key, actor_id) {
-                    rx.close();
-                    while let Ok(m) = rx.try_recv() {
-                        handle_msg(&inner, m, &mut queue, &mut active, &mut history, qcfg.cap as usize, &snap);
-                    }
-                    if queue.is_empty() { return; }
+                // Senders only send while holding the sessions lock, so retiring under that
+                // lock with an empty mailbox means nothing can be lost, and a later message
+                // spawns a fresh actor: never two actors for one session.
+                if inner.retire_session(&key, actor_id, || rx.is_empty()) {
+                    return;
                 }
             }
             _ = shutdown.cancelled() => break,

@@ -144,7 +144,9 @@ async fn a_reply_longer_than_the_chunk_limit_is_split_and_delivered_in_order() {
     let want: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(got, want, "delivered out of order");
     let keys: Vec<String> = delivered.iter().map(|d| d.idempotency_key.clone()).collect();
-    let want_keys: Vec<String> = (0..rows.len()).map(|i| format!("{}:reply:{i}", r.run_id)).collect();
+    // Reply rows are exactly-once through the outcome commit, so they carry no key of their
+    // own; the receiver gets the row's stable `outbox-<id>` key.
+    let want_keys: Vec<String> = rows.iter().map(|row| format!("outbox-{}", row.id)).collect();
     assert_eq!(keys, want_keys);
     h.stop().await;
 }
