@@ -7,7 +7,7 @@ use super::env::substitute_all;
 use super::error::{ConfigError, ConfigErrors, ConfigWarning};
 use super::model::Config;
 use super::path::{format_path, parse_path, Seg};
-use super::schema::{schema, typed_channels, Issues, Validator};
+use super::schema::{json_schema, typed_channels, Issues, Validator};
 use super::semantic;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -51,8 +51,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     }
 
     let mut warnings = Vec::new();
-    let typed_channels = typed_channels();
-    strip_ignored(&mut raw, typed_channels, &mut warnings);
+    let root = json_schema();
+    let typed_channels = typed_channels(&root);
+    strip_ignored(&mut raw, &typed_channels, &mut warnings);
 
     // Channel sections this build has no adapter for are kept verbatim: their `${VAR}`s are
     // not substituted, so an ignored channel's unset token is not an error.
@@ -63,7 +64,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     let mut errors = Vec::new();
     substitute_all(&mut raw, env, &untyped_channel, &mut Vec::new(), &mut errors);
 
-    let root = schema();
+    let root = &root;
     let mut issues = Issues::default();
     Validator::new(root).check(root, &raw, &mut Vec::new(), &mut issues);
     warnings.extend(issues.warnings);

@@ -12,32 +12,24 @@ use super::error::{ConfigError, ConfigWarning};
 use super::model::Config;
 use super::path::{format_path, Seg};
 use serde_json::{Map, Value};
-use std::sync::OnceLock;
 
 /// The JSON Schema (draft-07, as schemars emits it) of the config file, for
-/// `pincer config schema` and editor integration.
+/// `pincer config schema` and editor integration. Generated from the types on each call
+/// (config parsing is rare: start and reload), so no process-global cache is needed.
 pub fn json_schema() -> Value {
-    schema().clone()
-}
-
-/// The cached schema value.
-pub(crate) fn schema() -> &'static Value {
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(|| serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default())
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
 }
 
 /// Names of the channel sections the typed model knows (`channels.<name>` properties other
-/// than `defaults`). Taken from the schema so a new typed channel field needs no other change.
-pub(crate) fn typed_channels() -> &'static [String] {
-    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
-    NAMES.get_or_init(|| {
-        let channels = Validator::new(schema()).resolve(&schema()["properties"]["channels"]);
-        channels
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().filter(|k| *k != "defaults").cloned().collect())
-            .unwrap_or_default()
-    })
+/// than `defaults`) in the schema `root`. Taken from the schema so a new typed channel field
+/// needs no other change.
+pub(crate) fn typed_channels(root: &Value) -> Vec<String> {
+    let channels = Validator::new(root).resolve(&root["properties"]["channels"]);
+    channels
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().filter(|k| *k != "defaults").cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Problems found by one validation pass.
