@@ -195,7 +195,7 @@ pub(crate) async fn run_actor(
                 }
             }
             drop(snap);
-            let turn = queue.pop_front().expect("queue is non-empty");
+            let Some(turn) = queue.pop_front() else { continue };
             if turn.cancel.is_cancelled() {
                 crate::run::finish_cancelled(&inner, &turn, "aborted before start");
                 continue;
@@ -306,7 +306,7 @@ fn merge_queue(queue: &mut VecDeque<Box<Turn>>) {
         return;
     }
     let mut turns: Vec<Box<Turn>> = queue.drain(..).collect();
-    let mut last = turns.pop().expect("len >= 2");
+    let Some(mut last) = turns.pop() else { return };
     let mut text = String::new();
     let mut ids = Vec::new();
     for t in &turns {
