@@ -13,7 +13,12 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// pincer: a self-hosted AI-agent gateway.
 #[derive(Parser, Debug)]
-#[command(name = "pincer", version, about = "pincer: a self-hosted, OpenClaw-compatible AI-agent gateway", propagate_version = true)]
+#[command(
+    name = "pincer",
+    version,
+    about = "pincer: a self-hosted, OpenClaw-compatible AI-agent gateway",
+    propagate_version = true
+)]
 pub struct Cli {
     /// State directory (default: $PINCER_STATE_DIR, else ~/.pincer).
     #[arg(long, global = true, value_name = "DIR")]
