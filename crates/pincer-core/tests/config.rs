@@ -171,7 +171,8 @@ fn realistic_openclaw_config_loads_with_one_warning_per_ignored_key() {
     );
     let cfg = &loaded.config;
     assert_eq!(cfg.gateway.auth.token.as_deref(), Some("gw-token"));
-    assert!(cfg.gateway.http.endpoints.chat_completions.enabled);
+    assert_eq!(cfg.gateway.http.endpoints.chat_completions.enabled, Some(true));
+    assert!(cfg.gateway.chat_completions_enabled());
     assert_eq!(cfg.default_agent_id().as_str(), "main");
     let ops = AgentId::new("ops");
     assert_eq!(cfg.agent_model_chain(&ops), ["openai/gpt-4o"]);

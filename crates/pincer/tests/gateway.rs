@@ -104,7 +104,9 @@ async fn handshake_rules() {
     ws.recv().await.unwrap();
     let res = ws.request("connect", connect_params("wrong", &["operator.read"])).await;
     assert_eq!(res["ok"], false);
-    assert_eq!(res["error"]["code"], "FORBIDDEN");
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(res["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
+    assert_eq!(ws.close_code().await, Some(1008));
 
     // Protocol range without 4.
     let mut ws = Ws::connect_raw(&d.ws_url()).await;
@@ -148,11 +150,24 @@ async fn http_probes_metrics_and_webchat_page() {
     let r = http.get(format!("{}/", d.http_url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("connect.challenge"), "the web chat page speaks the protocol");
-    // The OpenAI endpoint is off by default.
+    // The OpenAI endpoint is on by default on loopback (issue 3), bearer-protected.
+    let r = http
+        .post(format!("{}/v1/chat/completions", d.http_url()))
+        .json(&json!({"model": "pincer", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    d.stop().await;
+
+    // Explicitly disabled: 404.
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &json!({"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": false}}}}}));
+    let d = Daemon::start(dir.path()).await;
     let r = http
         .post(format!("{}/v1/chat/completions", d.http_url()))
         .bearer_auth(&d.token)
-        .json(&json!({"model": "pincer", "messages": []}))
+        .json(&json!({"model": "pincer", "messages": [{"role": "user", "content": "x"}]}))
         .send()
         .await
         .unwrap();

@@ -171,18 +171,31 @@ pub struct GatewayHttpConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpEndpointsConfig {
-    /// OpenAI-compatible `/v1/chat/completions` + `/v1/models`. Off by default.
+    /// OpenAI-compatible `/v1/chat/completions` + `/v1/models`. Unset: on for loopback binds,
+    /// off otherwise (see [`GatewayConfig::chat_completions_enabled`]).
     #[serde(default)]
     pub chat_completions: EnabledFlag,
 }
 
-/// `{enabled: bool}` with a default of false.
+/// `{enabled: bool}`; unset means "the feature's default".
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnabledFlag {
-    /// Whether the feature is on.
-    #[serde(default)]
-    pub enabled: bool,
+    /// Whether the feature is on; `None` = its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl GatewayConfig {
+    /// Whether `/v1/chat/completions` is served: the explicit setting, else on when the gateway
+    /// listens on loopback only (the bearer is the gateway token either way).
+    pub fn chat_completions_enabled(&self) -> bool {
+        self.http
+            .endpoints
+            .chat_completions
+            .enabled
+            .unwrap_or_else(|| super::bind_is_loopback(&self.bind, self.custom_bind_host.as_deref()).unwrap_or(false))
+    }
 }
 
 /// `gateway.controlUi`.

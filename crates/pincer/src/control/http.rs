@@ -65,7 +65,7 @@ fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 fn check_openai(state: &ControlState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    if !state.inner.gateway_cfg.load().http.endpoints.chat_completions.enabled {
+    if !state.inner.gateway_cfg.load().chat_completions_enabled() {
         return Err(Box::new(openai_error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",

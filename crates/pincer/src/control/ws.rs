@@ -160,9 +160,9 @@ fn authenticate(state: &ControlState, params: &Value) -> Result<Client, Value> {
     let token = params.pointer("/auth/token").and_then(Value::as_str);
     if !state.token_ok(token) {
         let code = if token.is_none() { "AUTH_TOKEN_MISSING" } else { "AUTH_TOKEN_MISMATCH" };
-        return Err(
-            json!({"code": "FORBIDDEN", "message": "unauthorized: gateway token missing or wrong", "details": {"code": code}}),
-        );
+        // The reference answers INVALID_REQUEST and names the auth failure in the details.
+        return Err(json!({"code": "INVALID_REQUEST", "message": "unauthorized: gateway token missing or wrong",
+            "details": {"code": code, "reason": "auth"}}));
     }
     let scopes: Vec<String> = params
         .get("scopes")
