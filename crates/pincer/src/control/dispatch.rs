@@ -97,9 +97,8 @@ pub async fn handle(state: ControlState, req: Request) {
         "chat.send" | "agent" => {
             let Some(message) = str_param(p, "message") else { return out.error(id, missing("message")) };
             let Some(key) = str_param(p, "idempotencyKey") else { return out.error(id, missing("idempotencyKey")) };
-            let deliver = if p.get("deliver").and_then(Value::as_bool) == Some(true)
-                || (req.method == "agent" && str_param(p, "channel").is_some() && str_param(p, "to").is_some())
-            {
+            // As in OpenClaw, the reply goes to a channel only with `deliver: true`.
+            let deliver = if p.get("deliver").and_then(Value::as_bool) == Some(true) {
                 match (str_param(p, "channel"), str_param(p, "to")) {
                     (Some(ch), Some(to)) => Some(DeliveryTarget {
                         channel: ChannelId::new(ch),
