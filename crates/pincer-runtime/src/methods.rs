@@ -85,6 +85,8 @@ pub const CORE_METHODS: &[(&str, Scope)] = &[
     ("deliveries.retry", Scope::Write),
     ("config.get", Scope::Admin),
     ("config.apply", Scope::Admin),
+    ("config.patch", Scope::Admin),
+    ("gateway.reload", Scope::Admin),
     ("config.schema", Scope::Admin),
     ("models.list", Scope::Read),
 ];

@@ -22,8 +22,9 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Inputs of the control loop.
 pub enum ControlInput {
-    /// Re-read the config file (SIGHUP, file watcher).
-    Reload(&'static str),
+    /// Re-read the config file (SIGHUP, file watcher, `gateway.reload`). The reply, when
+    /// present, gets `{reloaded, generation, changed}` or an error object.
+    Reload(&'static str, Option<oneshot::Sender<Result<serde_json::Value, serde_json::Value>>>),
     /// Reload and rebuild the whole runtime in-process (SIGUSR1/SIGUSR2).
     Restart(&'static str),
     /// Validate and write new config text, then apply it (`config.apply`).
@@ -33,6 +34,15 @@ pub enum ControlInput {
         /// Base hash for compare-and-swap, if the client gave one.
         base_hash: Option<String>,
         /// Result: the report as JSON, or an error `{code, message, details}`.
+        reply: oneshot::Sender<Result<serde_json::Value, serde_json::Value>>,
+    },
+    /// Apply a JSON merge patch (RFC 7396) to the config file, then apply it (`config.patch`).
+    Patch {
+        /// The merge patch (`null` deletes a key).
+        patch: serde_json::Value,
+        /// Base hash for compare-and-swap, if the client gave one.
+        base_hash: Option<String>,
+        /// Result, as for `Apply`.
         reply: oneshot::Sender<Result<serde_json::Value, serde_json::Value>>,
     },
     /// Stop the gateway.
@@ -222,20 +232,46 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                 tracing::info!(reason = why, "stopping");
                 break 0;
             }
-            ControlInput::Reload(why) => {
-                if let Some(next) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
-                    if let Some(g) = &gateway {
-                        let report =
-                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone());
+            ControlInput::Reload(why, reply) => {
+                let handle = gateway.as_ref().map(|g| g.handle());
+                let result = match reload_file(&config_path, &current, why, handle.clone()) {
+                    Ok(Some(next)) => {
+                        let report = handle
+                            .map(|h| h.apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone()));
                         control.set_gateway_config(next.config.gateway.clone());
-                        tracing::info!(source = why, generation = report.generation, changed = ?report.changed, "config reloaded");
+                        if let Some(r) = &report {
+                            tracing::info!(source = why, generation = r.generation, changed = ?r.changed, "config reloaded");
+                        }
+                        current = next;
+                        Ok(serde_json::json!({"reloaded": true, "hash": current.hash, "report": report}))
                     }
-                    current = next;
+                    Ok(None) => Ok(serde_json::json!({"reloaded": false, "reason": "unchanged", "hash": current.hash})),
+                    Err(message) => Err(serde_json::json!({"code": "INVALID_REQUEST", "message": message})),
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            ControlInput::Patch { patch, base_hash, reply } => {
+                let res = patched_text(&config_path, &patch)
+                    .and_then(|text| apply_text(&config_path, &current, text, base_hash));
+                match res {
+                    Ok(next) => {
+                        let report = gateway.as_ref().map(|g| {
+                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone())
+                        });
+                        control.set_gateway_config(next.config.gateway.clone());
+                        current = next;
+                        let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
             }
             ControlInput::Restart(why) => {
                 tracing::info!(source = why, "in-process restart: draining the runtime");
-                if let Some(next) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
+                if let Ok(Some(next)) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
                     current = next;
                 }
                 control.restarting();
@@ -279,18 +315,19 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
     Ok(code)
 }
 
-/// Re-read the config; on any problem log every error and keep the running config.
+/// Re-read the config. `Ok(None)` when unchanged; on any problem, log every error, record it
+/// for `status`, keep the running config, and return the error text.
 fn reload_file(
     path: &Path,
     current: &config_file::LoadedConfig,
     why: &str,
     handle: Option<pincer_runtime::GatewayHandle>,
-) -> Option<config_file::LoadedConfig> {
+) -> Result<Option<config_file::LoadedConfig>, String> {
     match config_file::load(path) {
         Ok(mut next) => {
             if next.hash == current.hash && !next.hash.is_empty() {
                 tracing::debug!(source = why, "config unchanged");
-                return None;
+                return Ok(None);
             }
             // CLI overrides of port/bind stay in force across reloads.
             next.config.gateway.port = current.config.gateway.port;
@@ -298,16 +335,33 @@ fn reload_file(
             for w in &next.warnings {
                 tracing::warn!("config: {w}");
             }
-            Some(next)
+            Ok(Some(next))
         }
         Err(e) => {
-            tracing::error!(source = why, "config reload skipped, the running config stays in effect: {e}");
+            let message = e.to_string().trim_end().to_string();
+            tracing::error!(source = why, "config reload skipped, the running config stays in effect: {message}");
             if let Some(h) = handle {
-                h.record_reload_error(why, e.to_string().trim_end());
+                h.record_reload_error(why, &message);
             }
-            None
+            Err(message)
         }
     }
+}
+
+/// The config file's text with `patch` merged in (RFC 7396), as pretty JSON. A missing file is
+/// `{}`. Errors are control-plane error objects.
+fn patched_text(path: &Path, patch: &serde_json::Value) -> Result<String, serde_json::Value> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".to_string(),
+        Err(e) => {
+            return Err(serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot read config: {e}")}))
+        }
+    };
+    let mut raw = pincer_core::config::parse_json5(&text)
+        .map_err(|e| serde_json::json!({"code": "INVALID_REQUEST", "message": format!("the config file is not valid JSON5: {e}")}))?;
+    pincer_core::config::merge_patch(&mut raw, patch);
+    Ok(serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n")
 }
 
 fn apply_text(
@@ -367,7 +421,7 @@ async fn watch_file(
         }
         if std::fs::read(&path).ok() == now {
             last = now;
-            if tx.send(ControlInput::Reload("file watcher")).await.is_err() {
+            if tx.send(ControlInput::Reload("file watcher", None)).await.is_err() {
                 return;
             }
         }
@@ -389,7 +443,7 @@ fn spawn_signals(process: &pincer_runtime::supervisor::Supervisor, tx: mpsc::Sen
                 _ = cancel.cancelled() => return,
                 _ = term.recv() => ControlInput::Stop("SIGTERM"),
                 _ = int.recv() => ControlInput::Stop("SIGINT"),
-                _ = hup.recv() => ControlInput::Reload("SIGHUP"),
+                _ = hup.recv() => ControlInput::Reload("SIGHUP", None),
                 _ = usr1.recv() => ControlInput::Restart("SIGUSR1"),
                 _ = usr2.recv() => ControlInput::Restart("SIGUSR2"),
             };

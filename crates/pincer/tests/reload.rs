@@ -165,3 +165,53 @@ async fn cli_agent_runs_in_process_without_a_gateway_and_through_one_with() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn config_patch_and_gateway_reload_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pincer.json");
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[a]"}}));
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    let got = ws.request("config.get", json!({})).await;
+    let hash = got["payload"]["hash"].as_str().unwrap().to_string();
+
+    // A stale baseHash is refused and nothing is written.
+    let before = std::fs::read_to_string(&path).unwrap();
+    let r = ws
+        .request("config.patch", json!({"baseHash": "stale", "patch": {"messages": {"responsePrefix": "[x]"}}}))
+        .await;
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    // An invalid result is refused with every problem listed, and nothing is written.
+    let r = ws.request("config.patch", json!({"patch": {"gateway": {"reload": {"mode": "fast"}}}})).await;
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "{r}");
+    assert!(r["error"]["details"]["errors"][0].as_str().unwrap().contains("gateway.reload.mode"), "{r}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "file untouched");
+
+    // A valid patch is written, applied, and used by the next run.
+    let r =
+        ws.request("config.patch", json!({"baseHash": hash, "patch": {"messages": {"responsePrefix": "[p]"}}})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(generation(&mut ws).await, 2);
+    let a = ws.request("agent", json!({"message": "x", "idempotencyKey": "p1"})).await;
+    let fin = ws.response(a["id"].as_str().unwrap()).await;
+    assert_eq!(fin["payload"]["result"]["text"], "[p] echo: x");
+    assert!(std::fs::read_to_string(&path).unwrap().contains("[p]"));
+    // null deletes a key (RFC 7396).
+    let r = ws.request("config.patch", json!({"patch": {"messages": {"responsePrefix": null}}})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let a = ws.request("agent", json!({"message": "y", "idempotencyKey": "p2"})).await;
+    let fin = ws.response(a["id"].as_str().unwrap()).await;
+    assert_eq!(fin["payload"]["result"]["text"], "echo: y");
+
+    // gateway.reload: re-reads the file (reload mode off, so nothing else does).
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[r]"}}));
+    let r = ws.request("gateway.reload", json!({})).await;
+    assert_eq!(r["payload"]["reloaded"], true, "{r}");
+    let r = ws.request("gateway.reload", json!({})).await;
+    assert_eq!(r["payload"]["reloaded"], false, "unchanged file: {r}");
+    std::fs::write(&path, "{ nope").unwrap();
+    let r = ws.request("gateway.reload", json!({})).await;
+    assert_eq!(r["error"]["code"], "INVALID_REQUEST", "an invalid file is reported: {r}");
+    d.stop().await;
+}

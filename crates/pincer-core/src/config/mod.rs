@@ -33,7 +33,7 @@ pub use diff::{classify, diff, ChangeKind, ReloadPlan};
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use load::{parse, parse_json5, Loaded, MAX_DEPTH};
 pub use model::*;
-pub use path::{get_path, parse_cli_value, set_path, unset_path};
+pub use path::{get_path, merge_patch, parse_cli_value, set_path, unset_path};
 pub use resolve::{split_model_ref, ANTHROPIC_DEFAULT_BASE_URL, ECHO_PROVIDER};
 pub use schema::json_schema;
 pub use semantic::{bind_is_loopback, BIND_KEYWORDS};

@@ -293,21 +293,55 @@ pub async fn handle(state: ControlState, req: Request) {
         "config.apply" => {
             let Some(raw) = str_param(p, "raw") else { return out.error(id, missing("raw")) };
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let input = ControlInput::Apply {
-                text: raw.to_string(),
-                base_hash: str_param(p, "baseHash").map(str::to_string),
-                reply: tx,
+            let base_hash = str_param(p, "baseHash").map(str::to_string);
+            control_call(&state, ControlInput::Apply { text: raw.to_string(), base_hash, reply: tx }, rx, id, out)
+                .await;
+        }
+        "config.patch" => {
+            let Some(patch) = p.get("patch").or_else(|| p.get("raw")).cloned() else {
+                return out.error(
+                    id,
+                    err("INVALID_REQUEST", "invalid params: missing \"patch\" (a JSON merge patch object)"),
+                );
             };
-            if state.inner.control.send(input).await.is_err() {
-                return out.error(id, err("UNAVAILABLE", "gateway is stopping"));
+            let patch = match patch {
+                // Accept the patch as a JSON(5) string too, like `config.apply`'s `raw`.
+                Value::String(text) => match pincer_core::config::parse_json5(&text) {
+                    Ok(v) => v,
+                    Err(e) => return out.error(id, err("INVALID_REQUEST", format!("invalid patch: {e}"))),
+                },
+                v => v,
+            };
+            if !patch.is_object() {
+                return out.error(id, err("INVALID_REQUEST", "invalid patch: expected an object"));
             }
-            match rx.await {
-                Ok(Ok(v)) => out.ok(id, v),
-                Ok(Err(e)) => out.error(id, e),
-                Err(_) => out.error(id, err("UNAVAILABLE", "gateway is stopping")),
-            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let base_hash = str_param(p, "baseHash").map(str::to_string);
+            control_call(&state, ControlInput::Patch { patch, base_hash, reply: tx }, rx, id, out).await;
+        }
+        "gateway.reload" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            control_call(&state, ControlInput::Reload("gateway.reload", Some(tx)), rx, id, out).await;
         }
         other => out.error(id, err("INVALID_REQUEST", format!("unknown method: {other}"))),
+    }
+}
+
+/// Send `input` to the daemon's control loop and answer with what it replies.
+async fn control_call(
+    state: &ControlState,
+    input: ControlInput,
+    rx: tokio::sync::oneshot::Receiver<Result<Value, Value>>,
+    id: &Value,
+    out: &Responder,
+) {
+    if state.inner.control.send(input).await.is_err() {
+        return out.error(id, err("UNAVAILABLE", "gateway is stopping"));
+    }
+    match rx.await {
+        Ok(Ok(v)) => out.ok(id, v),
+        Ok(Err(e)) => out.error(id, e),
+        Err(_) => out.error(id, err("UNAVAILABLE", "gateway is stopping")),
     }
 }
 
