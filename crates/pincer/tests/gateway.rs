@@ -224,6 +224,8 @@ async fn second_gateway_on_same_state_dir_fails_fast() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
+    let pid = d.child.id().unwrap();
+    assert!(err.contains(&format!("(pid {pid})")), "the message names the holder's pid: {err}");
     d.stop().await;
 }
 
