@@ -330,3 +330,26 @@ async fn malformed_frames_get_errors_not_crashes() {
         assert!(v.get("level").is_some(), "{l}");
     }
 }
+
+/// A client that floods requests without reading gets every answer once it reads: the
+/// per-connection in-flight bound applies backpressure instead of dropping or deadlocking.
+#[tokio::test]
+async fn a_request_flood_is_answered_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    let n = 500;
+    for i in 0..n {
+        ws.send_text(&json!({"type": "req", "id": format!("f{i}"), "method": "health", "params": {}}).to_string())
+            .await;
+    }
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < n {
+        let f = ws.recv().await.expect("connection stays open");
+        if f["type"] == "res" {
+            assert_eq!(f["ok"], true, "{f}");
+            assert!(ids.insert(f["id"].as_str().unwrap().to_string()), "answered twice: {f}");
+        }
+    }
+    d.stop().await;
+}

@@ -22,6 +22,10 @@ pub const MAX_BUFFERED: usize = 50 * 1024 * 1024;
 /// Tick interval (`policy.tickIntervalMs`).
 pub const TICK: Duration = Duration::from_secs(30);
 
+/// Requests of one connection that may run at once; the reader stops reading the socket
+/// (TCP backpressure) while this many are in flight.
+pub const MAX_INFLIGHT: usize = 64;
+
 /// Known operator scopes.
 const SCOPES: &[&str] = &["operator.read", "operator.write", "operator.admin"];
 
@@ -181,7 +185,13 @@ async fn session(
     gw: std::sync::Arc<pincer_runtime::GatewayHandle>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let out = Responder {
+        tx: out_tx,
+        queued: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        overflow: tokio_util::sync::CancellationToken::new(),
+    };
+    let (queued, overflow) = (out.queued.clone(), out.overflow.clone());
     let mut events = gw.events().subscribe();
     let generation = state.inner.generation.load_full();
     let can_read = client.scopes.iter().any(|s| s == "operator.read" || s == "operator.admin" || s == "operator.write");
@@ -193,7 +203,10 @@ async fn session(
             let frame = tokio::select! {
                 biased;
                 m = out_rx.recv() => match m {
-                    Some(Outgoing::Res(s)) => s,
+                    Some(s) => {
+                        queued.fetch_sub(s.len(), std::sync::atomic::Ordering::Relaxed);
+                        s
+                    }
                     None => return,
                 },
                 ev = events.recv() => match ev {
@@ -203,12 +216,20 @@ async fn session(
                         json!({"type": "event", "event": ev.event, "payload": ev.payload, "seq": seq}).to_string()
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Events are not replayed; skipping their seq numbers shows the client
+                        // the gap, so it refetches state (reference §2).
+                        seq += n;
                         tracing::warn!(lost = n, "slow control-plane client lost events");
                         continue;
                     }
                     Err(_) => continue,
                 },
                 _ = tick.tick() => { seq += 1; json!({"type": "event", "event": "tick", "payload": {"ts": pincer_runtime::now_ms()}, "seq": seq}).to_string() }
+                _ = overflow.cancelled() => {
+                    let reason = "slow consumer: more than maxBufferedBytes of responses queued";
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() }))).await;
+                    return;
+                }
                 _ = generation.cancelled() => {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: 1012, reason: "service restart".into() }))).await;
                     return;
@@ -220,17 +241,14 @@ async fn session(
         }
     };
     let reader = {
-        let out_tx = out_tx.clone();
         let client = client.clone();
+        let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
         async move {
             while let Some(msg) = stream.next().await {
                 let text = match msg {
                     Ok(Message::Text(t)) => t.to_string(),
                     Ok(Message::Binary(_)) => {
-                        let _ = out_tx.send(Outgoing::Res(res_err(
-                            &Value::Null,
-                            err("INVALID_REQUEST", "binary frames are not supported"),
-                        )));
+                        out.error(&Value::Null, err("INVALID_REQUEST", "binary frames are not supported"));
                         continue;
                     }
                     Ok(Message::Close(_)) | Err(_) => break,
@@ -239,10 +257,7 @@ async fn session(
                 let frame: Value = match serde_json::from_str(&text) {
                     Ok(v) => v,
                     Err(e) => {
-                        let _ = out_tx.send(Outgoing::Res(res_err(
-                            &Value::Null,
-                            err("INVALID_REQUEST", format!("invalid frame: {e}")),
-                        )));
+                        out.error(&Value::Null, err("INVALID_REQUEST", format!("invalid frame: {e}")));
                         continue;
                     }
                 };
@@ -252,14 +267,14 @@ async fn session(
                     || method.is_empty()
                     || !(id.is_string() && id.as_str() != Some(""))
                 {
-                    let _ = out_tx.send(Outgoing::Res(res_err(
+                    out.error(
                         &id,
                         err("INVALID_REQUEST", "invalid frame: expected {type:\"req\", id, method, params}"),
-                    )));
+                    );
                     continue;
                 }
                 if method == "connect" {
-                    let _ = out_tx.send(Outgoing::Res(res_err(&id, err("INVALID_REQUEST", "already connected"))));
+                    out.error(&id, err("INVALID_REQUEST", "already connected"));
                     continue;
                 }
                 let params = frame.get("params").cloned().unwrap_or_else(|| json!({}));
@@ -268,12 +283,16 @@ async fn session(
                     method: method.to_string(),
                     params,
                     client: client.clone(),
-                    out: Responder(out_tx.clone()),
+                    out: out.clone(),
                 };
-                // Requests run concurrently; responses carry their id.
+                // Requests run concurrently (at most MAX_INFLIGHT); responses carry their id.
+                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
                 let st = state.clone();
                 let sup = st.gateway().supervisor().clone();
-                sup.spawn("ws-request", async move { dispatch::handle(st, req).await });
+                sup.spawn("ws-request", async move {
+                    dispatch::handle(st, req).await;
+                    drop(permit);
+                });
             }
         }
     };
@@ -283,24 +302,33 @@ async fn session(
     }
 }
 
-/// Frames queued for the writer.
-pub enum Outgoing {
-    /// A serialised `res` frame.
-    Res(String),
+/// Sends the responses of one connection. Bytes queued for the writer are counted; a client
+/// that lets more than [`MAX_BUFFERED`] pile up is disconnected (1008) instead of growing
+/// memory without bound.
+#[derive(Clone)]
+pub struct Responder {
+    tx: mpsc::UnboundedSender<String>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    overflow: tokio_util::sync::CancellationToken,
 }
 
-/// Sends responses for one request.
-#[derive(Clone)]
-pub struct Responder(mpsc::UnboundedSender<Outgoing>);
-
 impl Responder {
+    fn send(&self, frame: String) {
+        let n = frame.len();
+        if self.queued.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > MAX_BUFFERED {
+            self.overflow.cancel();
+            return;
+        }
+        let _ = self.tx.send(frame);
+    }
+
     /// `res ok:true`.
     pub fn ok(&self, id: &Value, payload: Value) {
-        let _ =
-            self.0.send(Outgoing::Res(json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string()));
+        self.send(json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string());
     }
+
     /// `res ok:false`.
     pub fn error(&self, id: &Value, error: Value) {
-        let _ = self.0.send(Outgoing::Res(res_err(id, error)));
+        self.send(res_err(id, error));
     }
 }
