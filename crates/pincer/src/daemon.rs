@@ -203,8 +203,11 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
         }
     );
     println!(
-        "  reload:   {:?} (SIGHUP reloads; SIGUSR1/SIGUSR2 restart in-process)",
-        loaded.config.gateway.reload.mode
+        "  reload:   {} (SIGHUP reloads; SIGUSR1/SIGUSR2 restart in-process)",
+        match loaded.config.gateway.reload.mode {
+            pincer_core::config::ReloadMode::Hybrid => "hybrid (watching the file)",
+            pincer_core::config::ReloadMode::Off => "off",
+        }
     );
     match auth {
         AuthMode::Token if generated => {
