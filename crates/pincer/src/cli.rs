@@ -404,15 +404,11 @@ fn edit_config(
     path: &std::path::Path,
     edit: impl FnOnce(&mut Value) -> Result<(), pincer_core::config::ConfigError>,
 ) -> anyhow::Result<u8> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".to_string(),
-        Err(e) => anyhow::bail!("cannot read config {}: {e}", path.display()),
-    };
-    let mut raw: Value = match json5::from_str(&text) {
+    let mut raw = match config_file::read_raw(path) {
         Ok(v) => v,
+        Err(e @ config_file::RawError::Io(_)) => anyhow::bail!("{e} ({})", path.display()),
         Err(e) => {
-            eprintln!("error: config {} is not valid JSON5 ({e}); fix it first, nothing was changed", path.display());
+            eprintln!("error: {e} ({}); fix it first, nothing was changed", path.display());
             return Ok(EXIT_CONFIG);
         }
     };

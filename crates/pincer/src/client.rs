@@ -71,20 +71,10 @@ fn resolve_url(opts: &ConnectOpts) -> String {
 }
 
 fn resolve_token(opts: &ConnectOpts) -> Option<String> {
-    if let Some(t) = &opts.token {
-        return Some(t.clone());
-    }
-    if let Ok(t) = std::env::var("PINCER_GATEWAY_TOKEN") {
-        if !t.is_empty() {
-            return Some(t);
-        }
-    }
-    if let Ok(l) = config_file::load(&opts.config_path) {
-        if let Some(t) = l.config.gateway.auth.token {
-            return Some(t);
-        }
-    }
-    std::fs::read_to_string(paths::token_file(&opts.state)).ok().map(|t| t.trim().to_string())
+    opts.token.clone().or_else(|| {
+        let config = config_file::load(&opts.config_path).ok().map(|l| l.config);
+        paths::stored_token(config.as_ref(), &opts.state)
+    })
 }
 
 impl Client {

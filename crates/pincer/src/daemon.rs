@@ -63,25 +63,13 @@ fn bind_ip(bind: &str, custom: Option<&str>) -> Result<IpAddr> {
 /// Resolve the control-plane token: config, then `PINCER_GATEWAY_TOKEN`, then the state dir
 /// file, generating it there on first start. Returns `(token, generated_now)`.
 pub fn resolve_token(config: &Config, state: &Path) -> Result<(String, bool)> {
-    if let Some(t) = config.gateway.auth.token.as_ref().filter(|t| !t.is_empty()) {
-        return Ok((t.clone(), false));
-    }
-    if let Ok(t) = std::env::var("PINCER_GATEWAY_TOKEN") {
-        if !t.is_empty() {
-            return Ok((t, false));
-        }
-    }
-    let file = paths::token_file(state);
-    if let Ok(t) = std::fs::read_to_string(&file) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok((t, false));
-        }
+    if let Some(t) = paths::stored_token(Some(config), state) {
+        return Ok((t, false));
     }
     use rand::Rng;
     let bytes: [u8; 24] = rand::thread_rng().gen();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    paths::write_atomic(&file, format!("{token}\n").as_bytes())?;
+    paths::write_atomic(&paths::token_file(state), format!("{token}\n").as_bytes())?;
     Ok((token, true))
 }
 
@@ -332,9 +320,7 @@ fn reload_file(
                 tracing::debug!(source = why, "config unchanged");
                 return Ok(None);
             }
-            // CLI overrides of port/bind stay in force across reloads.
-            next.config.gateway.port = current.config.gateway.port;
-            next.config.gateway.bind = current.config.gateway.bind.clone();
+            next.keep_listener_of(current);
             for w in &next.warnings {
                 tracing::warn!("config: {w}");
             }
@@ -354,15 +340,10 @@ fn reload_file(
 /// The config file's text with `patch` merged in (RFC 7396), as pretty JSON. A missing file is
 /// `{}`. Errors are control-plane error objects.
 fn patched_text(path: &Path, patch: &serde_json::Value) -> Result<String, serde_json::Value> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".to_string(),
-        Err(e) => {
-            return Err(serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot read config: {e}")}))
-        }
-    };
-    let mut raw = pincer_core::config::parse_json5(&text)
-        .map_err(|e| serde_json::json!({"code": "INVALID_REQUEST", "message": format!("the config file is not valid JSON5: {e}")}))?;
+    let mut raw = config_file::read_raw(path).map_err(|e| {
+        let code = if matches!(e, config_file::RawError::Io(_)) { "UNAVAILABLE" } else { "INVALID_REQUEST" };
+        serde_json::json!({"code": code, "message": e.to_string()})
+    })?;
     pincer_core::config::merge_patch(&mut raw, patch);
     Ok(serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n")
 }
@@ -387,15 +368,9 @@ fn apply_text(
     })?;
     paths::write_atomic(path, text.as_bytes())
         .map_err(|e| serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot write config: {e}")}))?;
-    let mut config = loaded.config;
-    config.gateway.port = current.config.gateway.port;
-    config.gateway.bind = current.config.gateway.bind.clone();
-    Ok(config_file::LoadedConfig {
-        config,
-        hash: loaded.hash,
-        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
-        path: Some(path.to_path_buf()),
-    })
+    let mut next = config_file::LoadedConfig::from_parsed(loaded, path);
+    next.keep_listener_of(current);
+    Ok(next)
 }
 
 /// Poll the config file every 500 ms and compare its bytes with the last version seen; a

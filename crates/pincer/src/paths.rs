@@ -43,6 +43,18 @@ pub fn token_file(state: &Path) -> PathBuf {
     state.join("gateway.token")
 }
 
+/// The gateway token, if one is set: `gateway.auth.token` in the config, else
+/// `PINCER_GATEWAY_TOKEN`, else `<state>/gateway.token`. The daemon and the CLI both use this
+/// order, so a client always presents the token the gateway checks.
+pub fn stored_token(config: Option<&pincer_core::config::Config>, state: &Path) -> Option<String> {
+    let non_empty = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+    config
+        .and_then(|c| c.gateway.auth.token.clone())
+        .and_then(non_empty)
+        .or_else(|| std::env::var("PINCER_GATEWAY_TOKEN").ok().and_then(non_empty))
+        .or_else(|| std::fs::read_to_string(token_file(state)).ok().and_then(non_empty))
+}
+
 /// The file a running gateway writes its address into (`host:port`), for the CLI.
 pub fn address_file(state: &Path) -> PathBuf {
     state.join("gateway.addr")
