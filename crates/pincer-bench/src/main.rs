@@ -84,6 +84,7 @@ async fn throughput(args: &Args) -> Result<()> {
         store: store.clone(),
         version: "bench".into(),
         deliver: false,
+        channels: None,
     })
     .await?;
     let h = gw.handle();

@@ -146,7 +146,6 @@ fn realistic_openclaw_config_loads_with_one_warning_per_ignored_key() {
         agents.entries.ops.tools: not supported by pincer; ignored
         auth: section not supported by pincer; ignored
         channels.defaults.contextVisibility: not supported by pincer; ignored
-        channels.discord: channel not supported by this build; ignored
         channels.telegram: channel not supported by this build; ignored
         commands: section not supported by pincer; ignored
         cron: section not supported by pincer; ignored
@@ -184,7 +183,9 @@ fn realistic_openclaw_config_loads_with_one_warning_per_ignored_key() {
     assert_eq!(cfg.session.dm_scope, DmScope::PerChannelPeer);
     // Unsupported channels are kept verbatim (no substitution) for later adapters.
     assert_eq!(cfg.channels.other["telegram"]["botToken"], "${TELEGRAM_BOT_TOKEN}");
-    assert!(cfg.channels.other.contains_key("discord"));
+    // Discord is typed: its section is parsed, not kept verbatim.
+    assert!(!cfg.channels.other.contains_key("discord"));
+    assert_eq!(cfg.channels.discord.as_ref().and_then(|d| d.token.as_deref()), Some("x"));
     // raw is what was typed: ignored keys removed, env substituted.
     assert!(loaded.raw.get("cron").is_none());
     assert!(get_path(&loaded.raw, "gateway.tls").is_none());

@@ -2,6 +2,7 @@
 //! registry, the delivery worker and the method table. A restart drops the whole value and
 //! builds a fresh one; nothing here lives in a `static`.
 
+use crate::channels::{AccountChange, ChannelSupervisor, LifecyclePolicy, ResumeStore};
 use crate::events::{EventBus, EventScope};
 use crate::methods::MethodTable;
 use crate::runs::{RunInfo, RunRegistry, RunStatus};
@@ -20,7 +21,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
@@ -178,6 +179,9 @@ pub struct ReloadReport {
     pub restart_required: Vec<String>,
     /// Time of the apply, ms since the epoch.
     pub applied_at: i64,
+    /// What happened to each channel account (`kept`, `restarted`, `started`, `stopped`,
+    /// `failed`).
+    pub channels: Vec<AccountChange>,
 }
 
 /// Options for [`Gateway::start`].
@@ -198,6 +202,10 @@ pub struct GatewayOptions {
     pub version: String,
     /// Start the delivery worker (tests and benchmarks may turn it off).
     pub deliver: bool,
+    /// Connect the configured channel accounts with these lifecycle timings (tests shorten
+    /// them). `None`: no channel account is connected (the CLI's in-process fallback,
+    /// benchmarks), though outbound senders still exist.
+    pub channels: Option<LifecyclePolicy>,
 }
 
 /// Shared state. Reached through [`GatewayHandle`].
@@ -228,6 +236,56 @@ pub struct Inner {
     warnings: Mutex<Vec<String>>,
     last_reload: Mutex<Option<ReloadReport>>,
     last_reload_error: Mutex<Option<Value>>,
+    /// Every channel account's connection.
+    pub(crate) channels: Arc<ChannelSupervisor>,
+    /// Set while an in-process restart drains: inbound messages are still accepted durably,
+    /// but left for the next runtime to run.
+    draining: std::sync::atomic::AtomicBool,
+    /// Notified whenever a run reaches a terminal state.
+    pub(crate) run_finished: Notify,
+    /// Channel accounts are connected (false for the CLI's in-process fallback).
+    connect_channels: bool,
+}
+
+/// The runtime's [`pincer_channels::InboundSink`]: every channel account hands its messages
+/// here. Holds no routing or policy state; it reads the current snapshot per message.
+struct Ingress(Weak<Inner>);
+
+impl pincer_channels::InboundSink for Ingress {
+    fn deliver(&self, inbound: Inbound) -> pincer_channels::BoxFuture<'_, Result<(), pincer_channels::SinkClosed>> {
+        Box::pin(async move {
+            let inner = self.0.upgrade().ok_or(pincer_channels::SinkClosed)?;
+            let handle = GatewayHandle { inner };
+            match handle.ingest_channel(inbound).await {
+                Ok(_) => Ok(()),
+                Err(RuntimeError::ShuttingDown) => Err(pincer_channels::SinkClosed),
+                Err(e) => {
+                    tracing::error!(error = %e, "inbound message could not be accepted");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+/// Resume state of channel accounts in the store's kv table (`channel-resume:<ch>:<acct>`).
+struct KvResume(Arc<Store>);
+
+impl ResumeStore for KvResume {
+    fn load(&self, key: &crate::channels::AccountKey) -> Option<String> {
+        self.0.kv_get(&format!("channel-resume:{}:{}", key.0, key.1)).ok().flatten().filter(|v| !v.is_empty())
+    }
+    fn save(&self, key: &crate::channels::AccountKey, state: Option<String>) {
+        let k = format!("channel-resume:{}:{}", key.0, key.1);
+        if let Err(e) = self.0.kv_set(&k, state.as_deref().unwrap_or(""), now_ms()) {
+            tracing::warn!(error = %e, channel = %key.0, account = %key.1, "cannot save channel resume state");
+        }
+    }
+}
+
+/// Build the channel catalog of a config (env supplies token fallbacks).
+fn catalog_for(config: &Config, http: &reqwest::Client) -> pincer_channels::Catalog {
+    pincer_channels::catalog::build(config, &|k| std::env::var(k).ok(), http)
 }
 
 /// The running gateway. Dropping it without [`Gateway::shutdown`] aborts nothing gracefully.
@@ -252,6 +310,8 @@ impl Inner {
         for id in &turn.merged_runs {
             runs.update(id, &f);
         }
+        drop(runs);
+        self.run_finished.notify_waiters();
     }
 
     /// Remove the session entry if it still belongs to actor `id`.
@@ -282,11 +342,24 @@ impl Gateway {
             .build()
             .map_err(|e| RuntimeError::Invalid(format!("cannot build HTTP client: {e}")))?;
         let max = opts.config.agents.defaults.max_concurrent.max(1) as usize;
-        let snapshot = Snapshot::build(opts.config, opts.config_hash, 1, http.clone());
+        let catalog = catalog_for(&opts.config, &http);
+        let snapshot = Snapshot::build(opts.config, opts.config_hash, 1, http.clone(), &catalog);
         let storage_sup = Supervisor::new();
         let (writer, writer_task) = StoreWriter::spawn(opts.store.clone(), &storage_sup);
-        let inner = Arc::new(Inner {
-            sup: Supervisor::new(),
+        let sup = Supervisor::new();
+        let resume: Arc<dyn ResumeStore> = Arc::new(KvResume(opts.store.clone()));
+        let connect_channels = opts.channels.is_some();
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            channels: Arc::new(ChannelSupervisor::new(
+                sup.clone(),
+                Arc::new(Ingress(weak.clone())),
+                resume,
+                opts.channels.unwrap_or_default(),
+            )),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            run_finished: Notify::new(),
+            connect_channels,
+            sup,
             store: opts.store,
             writer,
             storage_sup,
@@ -319,6 +392,13 @@ impl Gateway {
             inner.sup.spawn("delivery-worker", crate::delivery::run(i2));
         }
         inner.sup.spawn("maintenance", maintenance(inner.clone()));
+        if connect_channels {
+            let changes = inner.channels.apply(&catalog, || {}).await;
+            for c in &changes {
+                tracing::info!(channel = %c.channel, account = %c.account_id, action = c.action, error = ?c.error, "channel account");
+            }
+            inner.sup.spawn("health-monitor", inner.channels.clone().monitor(inner.sup.token()));
+        }
         Ok(Gateway { handle })
     }
 
@@ -327,12 +407,47 @@ impl Gateway {
         self.handle.clone()
     }
 
+    /// First half of an in-process restart: stop starting runs (new inbound messages are still
+    /// accepted durably and left for the next runtime), wait up to `deadline` for the runs in
+    /// flight to finish, then stop every channel account (awaiting each close). Runs still
+    /// going at the deadline are interrupted by the shutdown that follows; they stay
+    /// unfinished in the store and the next runtime runs them again. Returns the number of
+    /// runs that were still active at the deadline.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let inner = &self.handle.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + deadline;
+        let left = loop {
+            let notified = inner.run_finished.notified();
+            let active = lock(&inner.runs).active_count();
+            if active == 0 {
+                break 0;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                break lock(&inner.runs).active_count();
+            }
+        };
+        if left > 0 {
+            tracing::warn!(
+                runs = left,
+                deadline_ms = deadline.as_millis() as u64,
+                "restart drain deadline passed; interrupting runs (they run again after the restart)"
+            );
+        }
+        let outcome = inner.channels.stop_all().await;
+        tracing::info!(?outcome, "channel accounts stopped for restart");
+        left
+    }
+
     /// Stop: cancel every task and wait up to `deadline`. Runs cut short stay unfinished in the
     /// store and are resumed by the next start.
     pub async fn shutdown(self, deadline: Duration) -> StopOutcome {
         let inner = &self.handle.inner;
         inner.events.emit("shutdown", json!({"reason": "gateway stopping"}), EventScope::All);
+        // Channel accounts first: each closes its connection (bounded per account).
+        let channels = inner.channels.stop_all().await;
         let outcome = inner.sup.shutdown(deadline).await;
+        let outcome = if channels == StopOutcome::Forced { StopOutcome::Forced } else { outcome };
         // Everything that writes has stopped: flush the writer last.
         inner.writer.stop();
         let task = lock(&inner.writer_task).take();
@@ -392,12 +507,34 @@ impl GatewayHandle {
     /// event and the current snapshot; the wake decision is logged with its reason code; the
     /// dedupe ledger guarantees at most one run per (channel, account, message id).
     pub async fn ingest(&self, inbound: Inbound, policy: &WakePolicy) -> Result<IngestOutcome, RuntimeError> {
-        let (route, decision) = {
+        self.ingest_with(inbound, Some(policy)).await
+    }
+
+    /// [`GatewayHandle::ingest`] for channel adapters: the wake policy and `replyToMode` come
+    /// from the channel's config in the current snapshot.
+    pub async fn ingest_channel(&self, inbound: Inbound) -> Result<IngestOutcome, RuntimeError> {
+        self.ingest_with(inbound, None).await
+    }
+
+    async fn ingest_with(&self, inbound: Inbound, policy: Option<&WakePolicy>) -> Result<IngestOutcome, RuntimeError> {
+        let (mut route, decision, reply_mode) = {
             let snap = self.inner.snapshot.load();
             let route = resolve_route(&snap.config, &inbound);
+            let from_config;
+            let policy = match policy {
+                Some(p) => p,
+                None => {
+                    from_config = pincer_channels::catalog::wake_policy(&snap.config, &inbound);
+                    &from_config
+                }
+            };
             let decision = decide(&inbound, policy, snap.patterns_for(&route.agent_id));
-            (route, decision)
+            let mode = pincer_channels::catalog::reply_to_mode(&snap.config, &inbound.channel, &inbound.account);
+            (route, decision, mode)
         };
+        if reply_mode != pincer_core::config::ReplyToMode::Off {
+            route.delivery.reply_to_id = Some(inbound.message_id.clone());
+        }
         let reason = match decision {
             WakeDecision::Drop(r) => {
                 self.inner.counters.inbound_dropped.inc();
@@ -429,6 +566,11 @@ impl GatewayHandle {
         };
         self.inner.counters.inbound_accepted.inc();
         tracing::debug!(session = %route.session_key, wake = ?reason, "inbound accepted");
+        if self.inner.draining.load(Ordering::SeqCst) {
+            // Durable in the ledger; the next runtime runs it (resume_unfinished).
+            tracing::info!(session = %route.session_key, "inbound accepted during restart; runs after it");
+            return Ok(IngestOutcome::Accepted { run_id, session_key: route.session_key });
+        }
         let turn = Turn::new(
             run_id.clone(),
             route.session_key.clone(),
@@ -444,7 +586,7 @@ impl GatewayHandle {
     /// Accept a control-plane or CLI turn (`chat.send`, `agent`). Errors: an empty message, a
     /// malformed session key, store failures.
     pub async fn submit(&self, req: SubmitTurn) -> Result<Submitted, RuntimeError> {
-        if self.inner.sup.is_shutting_down() {
+        if self.inner.sup.is_shutting_down() || self.inner.draining.load(Ordering::SeqCst) {
             return Err(RuntimeError::ShuttingDown);
         }
         if req.message.trim().is_empty() {
@@ -697,7 +839,9 @@ impl GatewayHandle {
 
     /// Apply a validated config: build a new snapshot (generation + 1) and publish it
     /// atomically. Runs in flight keep the snapshot they started with.
-    pub fn apply_config(&self, config: Config, hash: String, warnings: Vec<String>) -> ReloadReport {
+    /// Channel accounts whose config changed are stopped (awaiting their close) before the
+    /// snapshot is published and started after it; unchanged accounts keep their connection.
+    pub async fn apply_config(&self, config: Config, hash: String, warnings: Vec<String>) -> ReloadReport {
         let old = self.inner.snapshot.load_full();
         let old_v = serde_json::to_value(&*old.config).unwrap_or(Value::Null);
         let new_v = serde_json::to_value(&config).unwrap_or(Value::Null);
@@ -709,11 +853,20 @@ impl GatewayHandle {
             .collect();
         let want = config.agents.defaults.max_concurrent.max(1) as u64;
         let generation = old.generation + 1;
-        let snap = Snapshot::build(config, hash, generation, self.inner.http.clone());
-        self.inner.snapshot.store(Arc::new(snap));
+        let catalog = catalog_for(&config, &self.inner.http);
+        let snap = Arc::new(Snapshot::build(config, hash, generation, self.inner.http.clone(), &catalog));
+        let channels = if self.inner.connect_channels {
+            self.inner.channels.apply(&catalog, || self.inner.snapshot.store(snap)).await
+        } else {
+            self.inner.snapshot.store(snap);
+            Vec::new()
+        };
+        for c in channels.iter().filter(|c| c.action != "kept") {
+            tracing::info!(channel = %c.channel, account = %c.account_id, action = c.action, error = ?c.error, "channel account reloaded");
+        }
         self.resize_permits(want);
         *lock(&self.inner.warnings) = warnings;
-        let report = ReloadReport { generation, changed, restart_required, applied_at: now_ms() };
+        let report = ReloadReport { generation, changed, restart_required, applied_at: now_ms(), channels };
         tracing::info!(generation, changed = report.changed.len(), restart_required = ?report.restart_required, "config applied");
         *lock(&self.inner.last_reload) = Some(report.clone());
         *lock(&self.inner.last_reload_error) = None;
@@ -752,8 +905,8 @@ impl GatewayHandle {
             "uptimeMs": self.uptime_ms(),
             "defaultAgentId": snap.config.default_agent_id().as_str(),
             "configGeneration": snap.generation,
-            "channels": {},
-            "channelOrder": [],
+            "channels": self.inner.channels.status(),
+            "channelOrder": self.inner.channels.status().iter().filter_map(|r| r["channel"].as_str().map(str::to_string)).collect::<std::collections::BTreeSet<_>>(),
             "outbox": counts,
         })
     }
@@ -789,9 +942,24 @@ impl GatewayHandle {
             "inbound": {"accepted": c.inbound_accepted.get(), "dropped": c.inbound_dropped.get(), "duplicates": c.inbound_duplicate.get()},
             "outbox": counts,
             "failedDeliveries": failed,
-            "channels": snap.senders.keys().map(|(c, a)| json!({"channel": c, "accountId": a})).collect::<Vec<_>>(),
+            "channels": self.inner.channels.status(),
             "tasks": self.inner.sup.task_count(),
         })
+    }
+
+    /// `channels.status` rows, one per configured account.
+    pub fn channels_status(&self) -> Vec<Value> {
+        self.inner.channels.status()
+    }
+
+    /// Accounts that are configured but not connected (for `/readyz`).
+    pub fn channels_not_ready(&self) -> Vec<String> {
+        self.inner.channels.not_ready()
+    }
+
+    /// The channel supervisor (`channels.start`, `channels.stop`).
+    pub fn channels(&self) -> &ChannelSupervisor {
+        &self.inner.channels
     }
 
     /// Config path (for reload and `config.get`).

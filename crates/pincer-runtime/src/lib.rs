@@ -7,6 +7,7 @@
 //! started with; every accepted inbound message ends in exactly one recorded outcome. This
 //! crate does not parse CLI arguments or speak HTTP.
 
+pub mod channels;
 pub mod delivery;
 pub mod events;
 pub mod gateway;

@@ -72,6 +72,8 @@ pub const CORE_METHODS: &[(&str, Scope)] = &[
     ("health", Scope::Read),
     ("status", Scope::Read),
     ("channels.status", Scope::Read),
+    ("channels.start", Scope::Admin),
+    ("channels.stop", Scope::Admin),
     ("chat.send", Scope::Write),
     ("chat.history", Scope::Read),
     ("chat.abort", Scope::Write),
@@ -87,6 +89,7 @@ pub const CORE_METHODS: &[(&str, Scope)] = &[
     ("config.apply", Scope::Admin),
     ("config.patch", Scope::Admin),
     ("gateway.reload", Scope::Admin),
+    ("gateway.restart", Scope::Admin),
     ("config.schema", Scope::Admin),
     ("models.list", Scope::Read),
 ];

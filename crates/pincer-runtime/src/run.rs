@@ -179,12 +179,20 @@ fn outbox_rows(snap: &crate::snapshot::Snapshot, turn: &Turn, text: &str) -> Vec
     let limit = snap
         .sender(target.channel.as_str(), target.account.as_str())
         .map_or(DEFAULT_CHUNK_LIMIT, |s| s.text_chunk_limit());
+    // `replyToMode: first` references the inbound message from the first chunk only.
+    let first_only = pincer_channels::catalog::reply_to_mode(&snap.config, &target.channel, &target.account)
+        == pincer_core::config::ReplyToMode::First;
     pincer_core::chunk::chunk_text(text, limit)
         .into_iter()
-        .map(|chunk| {
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut target = target.clone();
+            if i > 0 && first_only {
+                target.reply_to_id = None;
+            }
             // No idempotency key: the rows commit in the same transaction as the outcome,
             // which can be recorded only once, so they cannot be created twice.
-            NewOutbox::new(target.clone(), chunk)
+            NewOutbox::new(target, chunk)
         })
         .collect()
 }

@@ -3,15 +3,14 @@
 //! outlives their unit of work; a run keeps the `Arc` it started with until it ends.
 
 use pincer_agent::AgentRunner;
-use pincer_channels::ChannelSender;
+use pincer_channels::{Catalog, ChannelSender};
 use pincer_core::config::Config;
 use pincer_core::wake::MentionPatterns;
 use pincer_core::AgentId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Key of a channel account: (channel id, account id).
-pub type AccountKey = (String, String);
+pub use crate::channels::AccountKey;
 
 /// Everything derived from one config generation.
 pub struct Snapshot {
@@ -35,9 +34,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Build a snapshot. Never fails: per-part problems are collected in `problems`.
-    pub fn build(config: Config, hash: String, generation: u64, http: reqwest::Client) -> Snapshot {
+    /// `catalog` is the channel catalog built from the same config (its senders are used).
+    pub fn build(config: Config, hash: String, generation: u64, http: reqwest::Client, catalog: &Catalog) -> Snapshot {
         let mut problems = Vec::new();
-        let runner = Arc::new(AgentRunner::new(&config.models.providers, http.clone()));
+        let runner = Arc::new(AgentRunner::new(&config.models.providers, http));
         let global = &config.messages.group_chat.mention_patterns;
         let compile = |pats: Vec<&String>, problems: &mut Vec<String>, who: &str| {
             MentionPatterns::new(pats.iter().map(|s| s.as_str())).unwrap_or_else(|e| {
@@ -52,7 +52,13 @@ impl Snapshot {
             let who = format!("agents.entries.{id}.groupChat");
             patterns.insert(AgentId::new(id), Arc::new(compile(pats, &mut problems, &who)));
         }
-        let senders = build_senders(&config, &http);
+        let senders = catalog
+            .accounts
+            .iter()
+            .map(|a| ((a.channel.as_str().to_string(), a.account.as_str().to_string()), a.sender.clone()))
+            .collect();
+        problems
+            .extend(catalog.problems.iter().map(|p| format!("channels.{}.{}: {}", p.channel, p.account, p.message)));
         Snapshot { generation, config: Arc::new(config), hash, runner, senders, patterns, default_patterns, problems }
     }
 
@@ -65,23 +71,4 @@ impl Snapshot {
     pub fn sender(&self, channel: &str, account: &str) -> Option<&Arc<dyn ChannelSender>> {
         self.senders.get(&(channel.to_string(), account.to_string()))
     }
-}
-
-#[allow(unused_variables)]
-fn build_senders(config: &Config, http: &reqwest::Client) -> BTreeMap<AccountKey, Arc<dyn ChannelSender>> {
-    #[allow(unused_mut)]
-    let mut out: BTreeMap<AccountKey, Arc<dyn ChannelSender>> = BTreeMap::new();
-    if let Some(webhook) = &config.channels.webhook {
-        for acc in webhook.resolved_accounts() {
-            let sender = pincer_channels::webhook::WebhookSender::new(
-                http.clone(),
-                acc.url,
-                acc.headers,
-                std::time::Duration::from_millis(acc.timeout_ms),
-                acc.text_chunk_limit,
-            );
-            out.insert(("webhook".to_string(), acc.account_id), Arc::new(sender));
-        }
-    }
-    out
 }

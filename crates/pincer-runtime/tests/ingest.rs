@@ -120,7 +120,7 @@ async fn replies_go_to_the_exact_case_target_before_and_after_a_reload() {
     // An unrelated hot reload must not change where the same kind of message goes.
     let mut config = h.config.clone();
     config.messages.queue.debounce_ms += 250;
-    let report = h.gw.apply_config(config, "reloaded".into(), Vec::new());
+    let report = h.gw.apply_config(config, "reloaded".into(), Vec::new()).await;
     assert_eq!(report.generation, 2);
     assert_eq!(report.changed, ["messages.queue.debounceMs"]);
 

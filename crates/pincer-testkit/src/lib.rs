@@ -5,9 +5,16 @@
 //!   Messages wire formats, with a scriptable queue of [`Behaviour`]s and a record of every
 //!   request.
 //! - [`FakeWebhook`]: a strict receiver for the `webhook` delivery channel.
+//! - [`FakeDiscord`]: a strict fake of Discord's HTTP API and Gateway (v10) for the Discord
+//!   channel adapter, enforcing one live gateway session per bot token.
 
+pub mod discord;
 pub mod fake_llm;
 pub mod webhook;
 
+pub use discord::{
+    BotStats, ChannelSpec, CloseBy, CloseEvent, FakeDiscord, GatewayFrame, MessageSpec, RestRequest, Violation,
+    WaitTimeout,
+};
 pub use fake_llm::{Api, Behaviour, FakeLlm, RecordedRequest};
 pub use webhook::{Delivery, FakeWebhook, WebhookBehaviour};

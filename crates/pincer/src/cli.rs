@@ -59,6 +59,9 @@ pub enum Command {
     /// Inspect and retry outbox deliveries.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Inspect, start and stop channel accounts.
+    #[command(subcommand)]
+    Channels(ChannelsCmd),
     /// Read, edit and validate the config file.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -92,6 +95,9 @@ pub enum GatewayCmd {
     Run(RunArgs),
     /// Is the gateway up? Prints its status.
     Status(JsonFlag),
+    /// Reload the config and rebuild the runtime in-process (as SIGUSR1); applies a new
+    /// `gateway.port`/`gateway.bind`.
+    Restart,
     /// Call a control-plane method and print the JSON result.
     Call {
         /// Method name, e.g. `health`.
@@ -209,6 +215,30 @@ pub enum DeliveriesCmd {
     },
 }
 
+/// `channels ...`.
+#[derive(Subcommand, Debug)]
+pub enum ChannelsCmd {
+    /// Per-account connection state (running, connected, last error, backoff, health).
+    Status(JsonFlag),
+    /// Start a stopped or given-up account now (every account of the channel without
+    /// `--account`).
+    Start {
+        /// Channel id, e.g. `discord`.
+        channel: String,
+        /// Account id.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Stop an account (closing its connection) until `channels start` or a restart.
+    Stop {
+        /// Channel id, e.g. `discord`.
+        channel: String,
+        /// Account id.
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
 /// `config ...`.
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
@@ -255,6 +285,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Gateway(GatewayCmd::Run(args)) => daemon::run(state, config_path, args).await,
         Command::Gateway(GatewayCmd::Status(f)) | Command::Status(f) => {
             call_print(&conn, "status", json!({}), f.json, client::print_status).await
+        }
+        Command::Gateway(GatewayCmd::Restart) => {
+            call_print(&conn, "gateway.restart", json!({}), false, |_| println!("restarting")).await
         }
         Command::Health(f) => call_print(&conn, "health", json!({}), f.json, print_json).await,
         Command::Gateway(GatewayCmd::Call { method, params }) => match serde_json::from_str::<Value>(&params) {
@@ -303,6 +336,17 @@ pub async fn run(cli: Cli) -> u8 {
                 );
             })
             .await
+        }
+        Command::Channels(ChannelsCmd::Status(f)) => {
+            call_print(&conn, "channels.status", json!({}), f.json, client::print_channels).await
+        }
+        Command::Channels(ChannelsCmd::Start { channel, account }) => {
+            call_print(&conn, "channels.start", json!({"channel": channel, "accountId": account}), true, print_json)
+                .await
+        }
+        Command::Channels(ChannelsCmd::Stop { channel, account }) => {
+            call_print(&conn, "channels.stop", json!({"channel": channel, "accountId": account}), true, print_json)
+                .await
         }
         Command::Config(cmd) => config_cmd(cmd, &config_path),
         Command::Doctor => doctor::run(&state, &config_path).await,

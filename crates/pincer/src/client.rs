@@ -222,6 +222,7 @@ async fn in_process_agent(conn: &ConnectOpts, args: AgentArgs, key: String) -> R
         store,
         version: env!("CARGO_PKG_VERSION").to_string(),
         deliver: false,
+        channels: None,
     })
     .await?;
     let h = gw.handle();
@@ -335,5 +336,32 @@ pub fn print_deliveries(v: &Value) {
             r["attempts"],
             r["lastError"].as_str().unwrap_or("")
         );
+    }
+}
+
+/// Print `channels.status`: one line per account.
+pub fn print_channels(v: &Value) {
+    let mut any = false;
+    for rows in v["channelAccounts"].as_object().into_iter().flat_map(|m| m.values()) {
+        for r in rows.as_array().into_iter().flatten() {
+            any = true;
+            let mut line = format!(
+                "{}/{}: {}{}",
+                r["channel"].as_str().unwrap_or("?"),
+                r["accountId"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?"),
+                if r["connected"] == true { ", connected" } else { ", not connected" },
+            );
+            if let Some(n) = r["reconnectAttempts"].as_u64().filter(|n| *n > 0) {
+                line.push_str(&format!(", attempt {n}"));
+            }
+            if let Some(e) = r["gaveUpReason"].as_str().or(r["lastError"].as_str()) {
+                line.push_str(&format!(" ({e})"));
+            }
+            println!("{line}");
+        }
+    }
+    if !any {
+        println!("no channel accounts configured");
     }
 }

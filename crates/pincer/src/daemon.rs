@@ -19,14 +19,19 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a stop waits for runs and deliveries to drain before forcing.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an in-process restart waits for runs in flight before interrupting them (they run
+/// again in the fresh runtime).
+pub const RESTART_DRAIN: Duration = Duration::from_secs(30);
 
 /// Inputs of the control loop.
 pub enum ControlInput {
     /// Re-read the config file (SIGHUP, file watcher, `gateway.reload`). The reply, when
     /// present, gets `{reloaded, generation, changed}` or an error object.
     Reload(&'static str, Option<oneshot::Sender<Result<serde_json::Value, serde_json::Value>>>),
-    /// Reload and rebuild the whole runtime in-process (SIGUSR1/SIGUSR2).
-    Restart(&'static str),
+    /// Reload and rebuild the whole runtime in-process (SIGUSR1/SIGUSR2, `gateway.restart`).
+    /// A changed `gateway.port`/`gateway.bind` is applied too (a new listener). The reply, when
+    /// present, is sent as the restart begins.
+    Restart(&'static str, Option<oneshot::Sender<Result<serde_json::Value, serde_json::Value>>>),
     /// Validate and write new config text, then apply it (`config.apply`).
     Apply {
         /// Full config text (JSON5).
@@ -97,6 +102,7 @@ async fn start_gateway(state: &Path, store: Arc<Store>, loaded: &config_file::Lo
         store,
         version: env!("CARGO_PKG_VERSION").to_string(),
         deliver: true,
+        channels: Some(Default::default()),
     })
     .await
     .context("cannot start the gateway runtime")
@@ -157,12 +163,13 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
     // Process-level tasks (server, signals, watcher) outlive any one runtime generation, so
     // they belong to their own supervisor; each runtime has its own for everything else.
     let process = pincer_runtime::supervisor::Supervisor::new();
-    let server_cancel = tokio_util::sync::CancellationToken::new();
-    let server = {
+    let mut server_cancel = tokio_util::sync::CancellationToken::new();
+    let mut server = {
         let control = control.clone();
         let cancel = server_cancel.clone();
         process.spawn("control-plane", async move { control::serve(listener, control, cancel).await })
     };
+    let mut local_addr = local;
     paths::write_atomic(&paths::address_file(&state), format!("{local}\n").as_bytes())?;
     // Inputs are wired before the ready line, so nothing sent after it can be missed.
     if loaded.config.gateway.reload.mode == pincer_core::config::ReloadMode::Hybrid {
@@ -225,11 +232,9 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             }
             ControlInput::Reload(why, reply) => {
                 let handle = gateway.as_ref().map(|g| g.handle());
-                let result = match reload_file(&config_path, &current, why, handle.clone()) {
-                    Ok(Some(next)) => {
-                        let report = handle
-                            .map(|h| h.apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone()));
-                        control.set_gateway_config(next.config.gateway.clone());
+                let result = match reload_file(&config_path, &current, why, handle) {
+                    Ok(Some(mut next)) => {
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
                         if let Some(r) = &report {
                             tracing::info!(source = why, generation = r.generation, changed = ?r.changed, "config reloaded");
                         }
@@ -247,11 +252,8 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                 let res = patched_text(&config_path, &patch)
                     .and_then(|text| apply_text(&config_path, &current, text, base_hash));
                 match res {
-                    Ok(next) => {
-                        let report = gateway.as_ref().map(|g| {
-                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone())
-                        });
-                        control.set_gateway_config(next.config.gateway.clone());
+                    Ok(mut next) => {
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
                         current = next;
                         let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
                     }
@@ -260,13 +262,52 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                     }
                 }
             }
-            ControlInput::Restart(why) => {
+            ControlInput::Restart(why, reply) => {
                 tracing::info!(source = why, "in-process restart: draining the runtime");
-                if let Ok(Some(next)) = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle())) {
+                let reloaded = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle()));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(serde_json::json!({"ok": true, "restarting": true})));
+                }
+                // An unchanged file is loaded again too: a port or bind change that an earlier
+                // reload pinned to the running listener takes effect now.
+                let reloaded = match reloaded {
+                    Ok(None) => config_file::load(&config_path).ok(),
+                    other => other.ok().flatten(),
+                };
+                if let Some(mut next) = reloaded {
+                    // A restart is where a new port or bind takes effect (unless the command
+                    // line pinned them).
+                    if args.port.is_some() {
+                        next.config.gateway.port = current.config.gateway.port;
+                    }
+                    if args.bind.is_some() {
+                        next.config.gateway.bind = current.config.gateway.bind.clone();
+                    }
+                    match rebind(&next.config, local_addr).await {
+                        Ok(Some(listener)) => {
+                            let new_local = listener.local_addr()?;
+                            server_cancel.cancel();
+                            let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
+                            server_cancel = tokio_util::sync::CancellationToken::new();
+                            let (control, cancel) = (control.clone(), server_cancel.clone());
+                            server = process
+                                .spawn("control-plane", async move { control::serve(listener, control, cancel).await });
+                            paths::write_atomic(&paths::address_file(&state), format!("{new_local}\n").as_bytes())?;
+                            tracing::info!(old = %local_addr, new = %new_local, "control plane moved to a new listener");
+                            println!("listening on ws://{new_local}");
+                            local_addr = new_local;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot move the listener; keeping {local_addr}");
+                            next.keep_listener_of(&current);
+                        }
+                    }
                     current = next;
                 }
                 control.restarting();
                 if let Some(g) = gateway.take() {
+                    g.drain(RESTART_DRAIN).await;
                     let outcome = g.shutdown(DRAIN_DEADLINE).await;
                     tracing::info!(?outcome, "old runtime stopped");
                 }
@@ -278,11 +319,8 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             ControlInput::Apply { text, base_hash, reply } => {
                 let res = apply_text(&config_path, &current, text, base_hash);
                 match res {
-                    Ok(next) => {
-                        let report = gateway.as_ref().map(|g| {
-                            g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone())
-                        });
-                        control.set_gateway_config(next.config.gateway.clone());
+                    Ok(mut next) => {
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
                         current = next;
                         let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
                     }
@@ -306,6 +344,56 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
     Ok(code)
 }
 
+/// A new listener when `config`'s bind address or port differs from `current`; `None` when
+/// they match. Errors: an invalid bind, or the bind itself failing.
+async fn rebind(config: &Config, current: SocketAddr) -> Result<Option<tokio::net::TcpListener>> {
+    let ip = bind_ip(&config.gateway.bind, config.gateway.custom_bind_host.as_deref())?;
+    let want = SocketAddr::new(ip, config.gateway.port);
+    if want == current || (config.gateway.port == 0 && ip == current.ip()) {
+        return Ok(None);
+    }
+    if config.gateway.auth.mode == AuthMode::None && !ip.is_loopback() {
+        anyhow::bail!("refusing to bind {ip} without auth");
+    }
+    Ok(Some(tokio::net::TcpListener::bind(want).await.with_context(|| format!("cannot listen on {want}"))?))
+}
+
+/// Apply a validated config to the running runtime (channel accounts settle first, then the
+/// snapshot is published) and to the control plane's gateway settings.
+/// The listener (`gateway.port`, `gateway.bind`) only changes on a restart: it is pinned to
+/// the running one here and reported as `restartRequired`.
+async fn apply(
+    gateway: Option<&Gateway>,
+    control: &ControlState,
+    next: &mut config_file::LoadedConfig,
+    current: &config_file::LoadedConfig,
+) -> Option<pincer_runtime::ReloadReport> {
+    let mut pinned = Vec::new();
+    if next.config.gateway.port != current.config.gateway.port {
+        pinned.push("gateway.port".to_string());
+    }
+    if next.config.gateway.bind != current.config.gateway.bind {
+        pinned.push("gateway.bind".to_string());
+    }
+    if !pinned.is_empty() {
+        tracing::warn!(changed = ?pinned, "the listener changes on restart (SIGUSR1 or `pincer gateway restart`)");
+    }
+    next.keep_listener_of(current);
+    let mut report = match gateway {
+        Some(g) => Some(g.handle().apply_config(next.config.clone(), next.hash.clone(), next.warnings.clone()).await),
+        None => None,
+    };
+    if let Some(r) = &mut report {
+        for p in pinned {
+            if !r.restart_required.contains(&p) {
+                r.restart_required.push(p);
+            }
+        }
+    }
+    control.set_gateway_config(next.config.gateway.clone());
+    report
+}
+
 /// Re-read the config. `Ok(None)` when unchanged; on any problem, log every error, record it
 /// for `status`, keep the running config, and return the error text.
 fn reload_file(
@@ -315,12 +403,11 @@ fn reload_file(
     handle: Option<pincer_runtime::GatewayHandle>,
 ) -> Result<Option<config_file::LoadedConfig>, String> {
     match config_file::load(path) {
-        Ok(mut next) => {
+        Ok(next) => {
             if next.hash == current.hash && !next.hash.is_empty() {
                 tracing::debug!(source = why, "config unchanged");
                 return Ok(None);
             }
-            next.keep_listener_of(current);
             for w in &next.warnings {
                 tracing::warn!("config: {w}");
             }
@@ -368,9 +455,7 @@ fn apply_text(
     })?;
     paths::write_atomic(path, text.as_bytes())
         .map_err(|e| serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot write config: {e}")}))?;
-    let mut next = config_file::LoadedConfig::from_parsed(loaded, path);
-    next.keep_listener_of(current);
-    Ok(next)
+    Ok(config_file::LoadedConfig::from_parsed(loaded, path))
 }
 
 /// Poll the config file every 500 ms and compare its bytes with the last version seen; a
@@ -422,8 +507,8 @@ fn spawn_signals(process: &pincer_runtime::supervisor::Supervisor, tx: mpsc::Sen
                 _ = term.recv() => ControlInput::Stop("SIGTERM"),
                 _ = int.recv() => ControlInput::Stop("SIGINT"),
                 _ = hup.recv() => ControlInput::Reload("SIGHUP", None),
-                _ = usr1.recv() => ControlInput::Restart("SIGUSR1"),
-                _ = usr2.recv() => ControlInput::Restart("SIGUSR2"),
+                _ = usr1.recv() => ControlInput::Restart("SIGUSR1", None),
+                _ = usr2.recv() => ControlInput::Restart("SIGUSR2", None),
             };
             let stop = matches!(input, ControlInput::Stop(_));
             if tx.send(input).await.is_err() || stop {

@@ -63,6 +63,8 @@ try {
   const after = hellos[hellos.length - 1].features?.methods ?? [];
   check("same methods after restart", JSON.stringify(after) === JSON.stringify(methods), { before: methods.length, after: after.length });
   for (const m of after) {
+    // gateway.restart would restart the gateway again under the probe.
+    if (m === "gateway.restart") continue;
     try {
       await client.request(m, {});
     } catch (e) {

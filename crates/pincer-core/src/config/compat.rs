@@ -130,6 +130,73 @@ pub(crate) const IGNORED: &[(&str, Why)] = &[
     ("plugins.entries.*.hooks", Why::Unsupported),
 ];
 
+/// OpenClaw keys of typed channel sections that pincer accepts but ignores, per channel. Each
+/// key is a dotted pattern (`*` = any key) that applies to the channel section and to every
+/// account: `channels.<ch>.<key>` and `channels.<ch>.accounts.*.<key>`. Keys whose absence
+/// would widen access (e.g. `groupAllowFrom`, `roles`) are deliberately not listed: they stay
+/// errors, so a config never silently admits more senders than it says.
+pub(crate) const CHANNEL_IGNORED: &[(&str, &[&str])] = &[(
+    "discord",
+    &[
+        "applicationId",
+        "defaultAccount",
+        "historyLimit",
+        "dmHistoryLimit",
+        "maxLinesPerMessage",
+        "streaming",
+        "chunkMode",
+        "blockStreaming",
+        "blockStreamingCoalesce",
+        "suppressEmbeds",
+        "mentionAliases",
+        "mentionPatterns",
+        "threadBindings",
+        "proxy",
+        "actions",
+        "commands",
+        "responsePrefix",
+        "replyToModeByChatType",
+        "contextVisibility",
+        "configWrites",
+        "dangerouslyAllowNameMatching",
+        "botLoopProtection",
+        "execApprovals",
+        "retry",
+        "heartbeat",
+        "markdown",
+        "mediaMaxMb",
+        "activity",
+        "status",
+        "pluralkit",
+        "voice",
+        "dm.groupChannels",
+        "guilds.*.ignoreOtherMentions",
+        "guilds.*.reactionNotifications",
+        "guilds.*.tools",
+        "guilds.*.toolsBySender",
+        "guilds.*.channels.*.ignoreOtherMentions",
+        "guilds.*.channels.*.skills",
+        "guilds.*.channels.*.systemPrompt",
+        "guilds.*.channels.*.tools",
+        "guilds.*.channels.*.toolsBySender",
+        "guilds.*.channels.*.autoThread",
+        "guilds.*.channels.*.includeThreadStarter",
+    ],
+)];
+
+/// Every ignored pattern: [`IGNORED`] followed by [`CHANNEL_IGNORED`] expanded to the
+/// channel and account levels.
+pub(crate) fn ignored_patterns() -> Vec<(String, Why)> {
+    let mut out: Vec<(String, Why)> = IGNORED.iter().map(|(p, w)| (p.to_string(), *w)).collect();
+    for (channel, keys) in CHANNEL_IGNORED {
+        for k in *keys {
+            out.push((format!("channels.{channel}.{k}"), Why::Unsupported));
+            out.push((format!("channels.{channel}.accounts.*.{k}"), Why::Unsupported));
+        }
+    }
+    out
+}
+
 /// Enum values serde accepts through an alias (see `model.rs`) that the schema does not list:
 /// `(path pattern, value, read as, note)`. Validation accepts them with a warning.
 pub(crate) const ENUM_ALIASES: &[(&str, &str, &str, &str)] = &[
@@ -154,7 +221,7 @@ pub(crate) fn enum_alias(path: &[Seg], value: &str) -> Option<ConfigWarning> {
 /// per `channels.<name>` that is neither `defaults` nor in `typed_channels` (those sections
 /// are kept: they land in `ChannelsConfig::other`).
 pub(crate) fn strip_ignored(root: &mut Value, typed_channels: &[String], warnings: &mut Vec<ConfigWarning>) {
-    for (pattern, why) in IGNORED {
+    for (pattern, why) in ignored_patterns() {
         let pat: Vec<&str> = pattern.split('.').collect();
         let message = match (why, pat.len()) {
             (Why::Unsupported, 1) => "section not supported by pincer; ignored",
@@ -224,17 +291,24 @@ mod tests {
     fn ignored_table_matches_the_model() {
         let root = &json_schema();
         let v = Validator::new(root);
-        for (pattern, _) in IGNORED {
+        // `Option<T>` fields are `anyOf: [T, null]`: look through to `T`.
+        fn non_null<'s>(v: &Validator<'s>, node: &'s Value) -> &'s Value {
+            let node = v.resolve(node);
+            let alts = node.get("anyOf").and_then(Value::as_array);
+            alts.and_then(|alts| alts.iter().map(|a| v.resolve(a)).find(|a| a.get("type") != Some(&"null".into())))
+                .unwrap_or(node)
+        }
+        for (pattern, _) in ignored_patterns() {
             let segs: Vec<&str> = pattern.split('.').collect();
             let (last, parents) = segs.split_last().unwrap();
-            let mut node = v.resolve(root);
+            let mut node = non_null(&v, root);
             for seg in parents {
                 let next = if *seg == "*" {
                     node.get("additionalProperties").or_else(|| node.get("items"))
                 } else {
                     node.get("properties").and_then(|p| p.get(*seg))
                 };
-                node = v.resolve(next.unwrap_or_else(|| panic!("{pattern}: no typed parent at {seg}")));
+                node = non_null(&v, next.unwrap_or_else(|| panic!("{pattern}: no typed parent at {seg}")));
             }
             let typed = node.get("properties").and_then(|p| p.get(*last)).is_some();
             assert!(!typed, "{pattern} is typed by the model but listed as ignored");

@@ -19,6 +19,7 @@
 pub mod channels;
 mod compat;
 mod diff;
+pub mod discord;
 mod env;
 mod error;
 mod load;
@@ -30,6 +31,7 @@ mod semantic;
 
 pub use channels::*;
 pub use diff::{classify, diff, ChangeKind, ReloadPlan};
+pub use discord::*;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use load::{parse, parse_json5, Loaded, MAX_DEPTH};
 pub use model::*;

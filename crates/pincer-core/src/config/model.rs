@@ -608,6 +608,9 @@ pub struct ChannelsConfig {
     /// `channels.webhook` (pincer extension): outbound JSON webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<super::channels::WebhookChannelConfig>,
+    /// `channels.discord`: Discord bot accounts (gateway + REST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discord: Option<super::discord::DiscordChannelConfig>,
     /// Channel sections this build does not know yet, kept verbatim (validation warns).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -666,6 +669,19 @@ pub enum GroupPolicy {
     Open,
     /// Group messages are dropped.
     Disabled,
+}
+
+/// `replyToMode`: whether replies reference the message they answer as a native reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyToMode {
+    /// Plain messages (default).
+    #[default]
+    Off,
+    /// Only the first chunk of a reply references the inbound message.
+    First,
+    /// Every chunk references it.
+    All,
 }
 
 /// `plugins`.

@@ -79,6 +79,7 @@ pub(crate) fn check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut 
     check_models(cfg, &mut r);
     check_bindings(cfg, &mut r);
     check_webhook(cfg, &mut r);
+    check_discord(cfg, &mut r);
 
     let main_key = &cfg.session.main_key;
     if main_key.trim().is_empty() || main_key.contains(':') {
@@ -310,6 +311,59 @@ fn check_webhook(cfg: &Config, r: &mut Report) {
             if a.enabled != Some(false) {
                 check_url(format!("channels.webhook.accounts.{id}.url"), a.url.as_ref().or(w.url.as_ref()));
             }
+        }
+    }
+}
+
+/// `channels.discord`: URL schemes, `textChunkLimit` 1-2000, and OpenClaw's rule that
+/// `dmPolicy: "open"` needs `"*"` in `allowFrom`, for the base section and every account
+/// (an account inherits the base values it does not set).
+fn check_discord(cfg: &Config, r: &mut Report) {
+    use super::discord::{DiscordId, DISCORD_TEXT_CHUNK_LIMIT};
+    use super::model::DmPolicy;
+    let Some(d) = &cfg.channels.discord else {
+        return;
+    };
+    let check_urls = |base: &str, api_root: Option<&String>, gateway_url: Option<&String>, r: &mut Report| {
+        if let Some(u) = api_root {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                r.error(format!("{base}.apiRoot"), format!("expected an http:// or https:// URL, got \"{u}\""));
+            }
+        }
+        if let Some(u) = gateway_url {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                r.error(format!("{base}.gatewayUrl"), format!("expected a ws:// or wss:// URL, got \"{u}\""));
+            }
+        }
+    };
+    let check_limit = |base: &str, limit: Option<usize>, r: &mut Report| {
+        if let Some(n) = limit {
+            if n == 0 || n > DISCORD_TEXT_CHUNK_LIMIT {
+                r.error(
+                    format!("{base}.textChunkLimit"),
+                    format!("expected an integer 1-{DISCORD_TEXT_CHUNK_LIMIT} (Discord's message limit), got {n}"),
+                );
+            }
+        }
+    };
+    let open_needs_star = |path: String, policy: Option<DmPolicy>, allow: Option<&Vec<DiscordId>>, r: &mut Report| {
+        if policy == Some(DmPolicy::Open) && !allow.is_some_and(|a| a.iter().any(|i| i.as_str() == "*")) {
+            r.error(path, "dmPolicy \"open\" requires allowFrom to include \"*\"");
+        }
+    };
+    let base = "channels.discord";
+    check_urls(base, d.api_root.as_ref(), d.gateway_url.as_ref(), r);
+    check_limit(base, d.text_chunk_limit, r);
+    if d.accounts.is_empty() && d.enabled != Some(false) {
+        open_needs_star(format!("{base}.allowFrom"), d.dm_policy, d.allow_from.as_ref(), r);
+    }
+    for (id, a) in &d.accounts {
+        let at = join(&[key("channels"), key("discord"), key("accounts"), key(id)], &[]);
+        check_urls(&at, a.api_root.as_ref(), a.gateway_url.as_ref(), r);
+        check_limit(&at, a.text_chunk_limit, r);
+        if d.enabled != Some(false) && a.enabled.or(d.enabled) != Some(false) {
+            let allow = a.allow_from.as_ref().or(d.allow_from.as_ref());
+            open_needs_star(format!("{at}.allowFrom"), a.dm_policy.or(d.dm_policy), allow, r);
         }
     }
 }

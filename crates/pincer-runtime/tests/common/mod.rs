@@ -75,6 +75,7 @@ async fn start_gateway(state_dir: &Path, config: Config, deliver: bool) -> Gatew
         store,
         version: "test".into(),
         deliver,
+        channels: Some(Default::default()),
     })
     .await
     .expect("gateway starts")

@@ -66,17 +66,39 @@ pub async fn handle(state: ControlState, req: Request) {
         "health" => out.ok(id, gw.health()),
         "status" => out.ok(id, gw.status()),
         "channels.status" => {
-            let snap = gw.snapshot();
             let mut accounts = serde_json::Map::new();
-            for (c, a) in snap.senders.keys() {
-                let entry = accounts.entry(c.clone()).or_insert_with(|| json!([]));
-                if let Some(arr) = entry.as_array_mut() {
-                    arr.push(json!({"accountId": a, "enabled": true, "configured": true, "running": true, "mode": "outbound"}));
+            for row in gw.channels_status() {
+                let channel = row["channel"].as_str().unwrap_or_default().to_string();
+                if let Some(arr) = accounts.entry(channel).or_insert_with(|| json!([])).as_array_mut() {
+                    arr.push(row);
                 }
             }
             let order: Vec<String> = accounts.keys().cloned().collect();
+            let defaults: serde_json::Map<String, Value> =
+                order.iter().map(|c| (c.clone(), json!(pincer_core::AccountId::DEFAULT))).collect();
             out.ok(id, json!({"ts": pincer_runtime::now_ms(), "channelOrder": order, "channelLabels": {}, "channelAccounts": accounts,
-                              "channelDefaultAccountId": {}}));
+                              "channelDefaultAccountId": defaults}));
+        }
+        "channels.start" | "channels.stop" => {
+            let Some(channel) = p.get("channel").and_then(Value::as_str).filter(|c| !c.is_empty()) else {
+                out.error(id, json!({"code": "INVALID_REQUEST", "message": "params.channel is required"}));
+                return;
+            };
+            let account = p.get("accountId").and_then(Value::as_str).filter(|a| !a.is_empty());
+            let result = if req.method == "channels.start" {
+                gw.channels().start(channel, account).await.map(|keys| {
+                    json!({"ok": true, "started": keys.iter().map(|(c, a)| json!({"channel": c, "accountId": a})).collect::<Vec<_>>()})
+                })
+            } else {
+                gw.channels().stop(channel, account).await.map(|stopped| {
+                    json!({"ok": true, "stopped": stopped.iter().map(|((c, a), o)| json!({"channel": c, "accountId": a,
+                        "outcome": if *o == pincer_runtime::supervisor::StopOutcome::Forced { "forced" } else { "clean" }})).collect::<Vec<_>>()})
+                })
+            };
+            match result {
+                Ok(v) => out.ok(id, v),
+                Err(message) => out.error(id, json!({"code": "INVALID_REQUEST", "message": message})),
+            }
         }
         "models.list" => {
             let snap = gw.snapshot();
@@ -322,6 +344,10 @@ pub async fn handle(state: ControlState, req: Request) {
         "gateway.reload" => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             control_call(&state, ControlInput::Reload("gateway.reload", Some(tx)), rx, id, out).await;
+        }
+        "gateway.restart" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            control_call(&state, ControlInput::Restart("gateway.restart", Some(tx)), rx, id, out).await;
         }
         other => out.error(id, err("INVALID_REQUEST", format!("unknown method: {other}"))),
     }

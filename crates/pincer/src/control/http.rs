@@ -15,12 +15,22 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"ok": true, "status": "live"}))
 }
 
-/// `GET /readyz`: the runtime is up and not restarting or draining (503 otherwise).
+/// `GET /readyz`: the runtime is up, not restarting or draining, and every configured channel
+/// account that is not manually stopped is connected (503 otherwise, naming what is not ready,
+/// as the reference's deep readiness does).
 pub async fn readyz(State(state): State<ControlState>) -> Response {
-    if state.is_ready() {
+    if !state.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ok": false, "status": "restarting"}))).into_response();
+    }
+    let failing = state.gateway().channels_not_ready();
+    if failing.is_empty() {
         Json(json!({"ok": true, "status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ok": false, "status": "restarting"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ok": false, "status": "channels-not-ready", "failing": failing})),
+        )
+            .into_response()
     }
 }
 
@@ -53,11 +63,45 @@ pub async fn metrics(State(state): State<ControlState>) -> Response {
             }
         }
     }
+    let rows = gw.channels_status();
+    let label = |r: &serde_json::Value| {
+        format!(
+            "channel=\"{}\",account=\"{}\"",
+            prom_escape(r["channel"].as_str().unwrap_or_default()),
+            prom_escape(r["accountId"].as_str().unwrap_or_default())
+        )
+    };
+    let mut gauge = |name: &str, help: &str, kind: &str, f: &dyn Fn(&serde_json::Value) -> u64| {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for r in &rows {
+            s.push_str(&format!("{name}{{{}}} {}\n", label(r), f(r)));
+        }
+    };
+    gauge("pincer_channel_connected", "1 when the channel account's connection is ready.", "gauge", &|r| {
+        u64::from(r["connected"] == true)
+    });
+    gauge(
+        "pincer_channel_gave_up",
+        "1 when the account gave up until channels.start or a config change.",
+        "gauge",
+        &|r| u64::from(r["state"] == "gave-up"),
+    );
+    gauge("pincer_channel_attempts_total", "Connection attempts started by the channel supervisor.", "counter", &|r| {
+        r["attempts"].as_u64().unwrap_or(0)
+    });
+    gauge("pincer_channel_health_restarts_total", "Health-monitor restarts of the account.", "counter", &|r| {
+        r["healthMonitor"]["restarts"].as_u64().unwrap_or(0)
+    });
     s.push_str(&format!(
         "# HELP pincer_uptime_seconds Uptime.\n# TYPE pincer_uptime_seconds gauge\npincer_uptime_seconds {}\n",
         gw.uptime_ms() / 1000
     ));
     ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}
+
+/// Escape a Prometheus label value (backslash, quote, newline).
+fn prom_escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {

@@ -58,10 +58,16 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with extra args.
     pub async fn start_with(state: &Path, extra: &[&str]) -> Daemon {
+        Self::spawn(state, &[&["--port", "0"], extra].concat()).await
+    }
+
+    /// Start `pincer gateway run` on `state` with exactly `args` (no `--port 0`: the config's
+    /// port is used).
+    pub async fn spawn(state: &Path, args: &[&str]) -> Daemon {
         let mut child = Command::new(bin())
-            .args(["gateway", "run", "--port", "0", "--state-dir"])
+            .args(["gateway", "run", "--state-dir"])
             .arg(state)
-            .args(extra)
+            .args(args)
             .env_remove("PINCER_CONFIG_PATH")
             .env_remove("PINCER_STATE_DIR")
             .env_remove("PINCER_GATEWAY_TOKEN")
