@@ -281,6 +281,12 @@ pub fn print_status(v: &Value) {
         "  inbound:    {} accepted, {} dropped, {} duplicates",
         v["inbound"]["accepted"], v["inbound"]["dropped"], v["inbound"]["duplicates"]
     );
+    if let Some(e) = v["config"]["lastReloadError"]["message"].as_str() {
+        println!("    last reload refused: {e}");
+    }
+    for r in v["channels"].as_array().into_iter().flatten() {
+        println!("  channel:    {}", channel_line(r));
+    }
     println!("  outbox:     {}", v["outbox"]);
     for f in v["failedDeliveries"].as_array().into_iter().flatten() {
         println!(
@@ -339,29 +345,36 @@ pub fn print_deliveries(v: &Value) {
     }
 }
 
+/// One account of `channels.status` as a line: `discord/a: running, connected`.
+fn channel_line(r: &Value) -> String {
+    let mut line = format!(
+        "{}/{}: {}{}",
+        r["channel"].as_str().unwrap_or("?"),
+        r["accountId"].as_str().unwrap_or("?"),
+        r["state"].as_str().unwrap_or("?"),
+        if r["connected"] == true { ", connected" } else { ", not connected" },
+    );
+    if let Some(n) = r["reconnectAttempts"].as_u64().filter(|n| *n > 0) {
+        line.push_str(&format!(", attempt {n}"));
+    }
+    if let Some(e) = r["gaveUpReason"].as_str().or(r["lastError"].as_str()) {
+        line.push_str(&format!(" ({e})"));
+    }
+    line
+}
+
 /// Print `channels.status`: one line per account.
 pub fn print_channels(v: &Value) {
-    let mut any = false;
-    for rows in v["channelAccounts"].as_object().into_iter().flat_map(|m| m.values()) {
-        for r in rows.as_array().into_iter().flatten() {
-            any = true;
-            let mut line = format!(
-                "{}/{}: {}{}",
-                r["channel"].as_str().unwrap_or("?"),
-                r["accountId"].as_str().unwrap_or("?"),
-                r["state"].as_str().unwrap_or("?"),
-                if r["connected"] == true { ", connected" } else { ", not connected" },
-            );
-            if let Some(n) = r["reconnectAttempts"].as_u64().filter(|n| *n > 0) {
-                line.push_str(&format!(", attempt {n}"));
-            }
-            if let Some(e) = r["gaveUpReason"].as_str().or(r["lastError"].as_str()) {
-                line.push_str(&format!(" ({e})"));
-            }
-            println!("{line}");
-        }
-    }
-    if !any {
+    let rows: Vec<&Value> = v["channelAccounts"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|rows| rows.as_array().into_iter().flatten())
+        .collect();
+    if rows.is_empty() {
         println!("no channel accounts configured");
+    }
+    for r in rows {
+        println!("{}", channel_line(r));
     }
 }

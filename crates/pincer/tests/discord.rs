@@ -117,13 +117,19 @@ async fn channel_row(d: &Daemon, account: &str) -> Value {
 async fn replies_in_the_same_channel_and_ignores_messages_without_mention() {
     let fake = fake(&[&BOT_A]).await;
     let dir = tempfile::tempdir().unwrap();
-    let d = start(dir.path(), &config(&fake, &[&BOT_A], &BTreeMap::new())).await;
+    let extra = BTreeMap::from([("a", json!({"replyToMode": "all"}))]);
+    let d = start(dir.path(), &config(&fake, &[&BOT_A], &extra)).await;
     wait_ready(&fake, &BOT_A).await;
     fake.user_message(MessageSpec::new(CHANNEL, USER, "alice", "just chatting, no mention"));
-    ask(&fake, &BOT_A, "hello");
+    let asked = ask(&fake, &BOT_A, "hello");
+    let reply = fake.wait_bot_messages(CHANNEL, 1, WAIT).await.expect("reply");
+    assert_eq!(reply[0]["message_reference"]["message_id"], asked.as_str(), "replyToMode all: a native reply");
     assert_answered_once(&fake, &BOT_A, &["hello".to_string()]).await;
     let row = channel_row(&d, "a").await;
     assert_eq!((row["state"].as_str(), row["connected"].as_bool()), (Some("running"), Some(true)), "{row}");
+    let out = cli(dir.path(), &["channels", "status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("discord/a: running, connected"), "{text}");
     d.stop().await;
     assert_eq!(fake.live_sessions(BOT_A.token), 0, "the connection closed at shutdown");
     assert_never_two_sessions(&fake, &BOT_A);
@@ -238,6 +244,8 @@ async fn a_reload_storm_while_messages_flow_answers_each_message_once() {
     wait_ready(&fake, &BOT_A).await;
     assert_answered_once(&fake, &BOT_A, &texts).await;
     assert_never_two_sessions(&fake, &BOT_A);
+    let st = fake.stats(BOT_A.token);
+    assert!(st.connection_count >= 2, "the storm restarted the account at least once: {st:?}");
     d.stop().await;
 }
 
