@@ -51,8 +51,9 @@ pub struct Catalog {
 }
 
 /// Build the catalog of `config`. `env` looks up environment variables (the default account's
-/// token fallbacks such as `DISCORD_BOT_TOKEN`); `http` is the shared HTTP client for channels
-/// that use reqwest. Never fails: per-account problems are collected.
+/// fallbacks such as `DISCORD_BOT_TOKEN`, `MATTERMOST_BOT_TOKEN` and `MATTERMOST_URL`); `http`
+/// is the shared HTTP client for channels that use reqwest (webhook, Mattermost). Never
+/// fails: per-account problems are collected.
 #[allow(unused_variables, unused_mut)]
 pub fn build(config: &Config, env: &dyn Fn(&str) -> Option<String>, http: &reqwest::Client) -> Catalog {
     let mut out = Catalog::default();
@@ -84,6 +85,13 @@ pub fn build(config: &Config, env: &dyn Fn(&str) -> Option<String>, http: &reqwe
             Err(p) => out.problems.push(p),
         }
     }
+    #[cfg(feature = "channel-mattermost")]
+    for spec in crate::mattermost::build_accounts(config, env, http) {
+        match spec {
+            Ok(s) => out.accounts.push(s),
+            Err(p) => out.problems.push(p),
+        }
+    }
     out
 }
 
@@ -95,16 +103,40 @@ pub fn wake_policy(config: &Config, inbound: &Inbound) -> WakePolicy {
     match inbound.channel.as_str() {
         #[cfg(feature = "channel-discord")]
         "discord" => crate::discord::wake_policy(config, inbound),
+        #[cfg(feature = "channel-mattermost")]
+        "mattermost" => crate::mattermost::wake_policy(config, inbound),
         _ => WakePolicy::default(),
     }
 }
 
-/// The `replyToMode` of a channel account (default `off`).
+/// The `replyToMode` of a channel account (default `off`). For channels whose mode depends on
+/// the conversation kind (Mattermost's `replyToModeByChatType`), this is the mode of channel
+/// posts; prefer [`reply_to_mode_for`] when the inbound message is at hand.
 #[allow(unused_variables)]
 pub fn reply_to_mode(config: &Config, channel: &ChannelId, account: &AccountId) -> ReplyToMode {
     match channel.as_str() {
         #[cfg(feature = "channel-discord")]
         "discord" => crate::discord::reply_to_mode(config, account),
+        #[cfg(feature = "channel-mattermost")]
+        "mattermost" => crate::mattermost::reply_to_mode(config, account),
         _ => ReplyToMode::Off,
     }
+}
+
+/// The `replyToMode` that applies to a reply to `inbound`: like [`reply_to_mode`], but per
+/// conversation kind where the channel has `replyToModeByChatType` (Mattermost: DMs stay flat
+/// unless `replyToModeByChatType.direct` is set).
+pub fn reply_to_mode_for(config: &Config, inbound: &Inbound) -> ReplyToMode {
+    match inbound.channel.as_str() {
+        #[cfg(feature = "channel-mattermost")]
+        "mattermost" => crate::mattermost::reply_to_mode_for_chat(config, &inbound.account, inbound.chat_kind),
+        _ => reply_to_mode(config, &inbound.channel, &inbound.account),
+    }
+}
+
+/// True when a reply under `replyToMode` opens a thread under the inbound message (Mattermost:
+/// the reply's `root_id` is the post, and the conversation continues in that thread's session),
+/// rather than only referencing it (Discord's `message_reference`).
+pub fn replies_open_threads(channel: &ChannelId) -> bool {
+    matches!(channel.as_str(), "mattermost")
 }

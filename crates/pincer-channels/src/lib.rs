@@ -13,6 +13,8 @@ pub mod catalog;
 #[cfg(feature = "channel-discord")]
 pub mod discord;
 pub mod lifecycle;
+#[cfg(feature = "channel-mattermost")]
+pub mod mattermost;
 pub mod outbound;
 #[cfg(feature = "channel-webhook")]
 pub mod webhook;

@@ -80,4 +80,15 @@ pub trait ChannelSender: Send + Sync {
     fn text_chunk_limit(&self) -> usize {
         4000
     }
+
+    /// Show a typing indicator in the conversation (and thread) `target` addresses, once: the
+    /// platform shows it for a few seconds (Mattermost: about 5 s), so a caller keeps it alive
+    /// by calling again, e.g. every 3-5 s while a run is active. There is nothing to clear: it
+    /// expires by itself, and a posted reply ends it on the clients. The target's thread and
+    /// `reply_to_id` are read exactly as [`ChannelSender::send`] reads them, so the indicator
+    /// shows where the reply will land. Errors are for logging only (never retried, never
+    /// fatal to a run). The default does nothing and returns `Ok(())`.
+    fn typing<'a>(&'a self, _target: &'a DeliveryTarget) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -75,13 +75,16 @@ pub struct WakePolicy {
     pub allow_bots: AllowBots,
 }
 
-/// Why a message woke the agent.
+/// Why a message woke the agent. Serialized (and logged) as `dm`, `onmessage`, `mention`,
+/// `pattern`, `reply_to_bot`, `quoted_bot`, `thread_participation`, `onchar`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum WakeReason {
     /// A direct message that passed the DM policy.
+    #[serde(rename = "dm")]
     Direct,
-    /// No mention required in this conversation.
+    /// No mention required in this conversation (chatmode `onmessage`).
+    #[serde(rename = "onmessage")]
     Always,
     /// A native mention of the bot.
     Mention,
@@ -99,7 +102,7 @@ pub enum WakeReason {
 
 /// Why a message did not wake the agent. [`DropReason::code`] is the logged reason code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum DropReason {
     /// The bot's own message.
     OwnMessage,
@@ -129,22 +132,36 @@ pub enum DropReason {
     Empty,
 }
 
-impl DropReason {
-    /// Stable reason code for logs and metrics, e.g. `missing-mention`.
+impl WakeReason {
+    /// Stable reason code for logs and metrics (the serialized name, e.g. `reply_to_bot`).
     pub fn code(self) -> &'static str {
         match self {
-            DropReason::OwnMessage => "own-message",
-            DropReason::BotAuthor => "bot-author",
+            WakeReason::Direct => "dm",
+            WakeReason::Always => "onmessage",
+            WakeReason::Mention => "mention",
+            WakeReason::Pattern => "pattern",
+            WakeReason::ReplyToBot => "reply_to_bot",
+            WakeReason::QuotedBot => "quoted_bot",
+            WakeReason::ThreadParticipation => "thread_participation",
+            WakeReason::Onchar => "onchar",
+        }
+    }
+}
+
+impl DropReason {
+    /// Stable reason code for logs and metrics, e.g. `missing_mention` (the names of the
+    /// Mattermost issue's wake table; several variants share `dm_policy`/`group_policy`).
+    pub fn code(self) -> &'static str {
+        match self {
+            DropReason::OwnMessage => "self",
+            DropReason::BotAuthor => "bot_author",
             DropReason::Duplicate => "duplicate",
-            DropReason::DmDisabled => "dm-disabled",
-            DropReason::DmNotAllowed => "dm-not-allowed",
-            DropReason::PairingRequired => "pairing-required",
-            DropReason::GroupDisabled => "group-disabled",
-            DropReason::GroupNotAllowed => "group-not-allowed",
-            DropReason::SenderNotAllowed => "sender-not-allowed",
-            DropReason::MissingMention => "missing-mention",
-            DropReason::OncharNotTriggered => "onchar-not-triggered",
-            DropReason::ChatmodeOff => "chatmode-off",
+            DropReason::DmDisabled | DropReason::DmNotAllowed => "dm_policy",
+            DropReason::PairingRequired => "pairing_required",
+            DropReason::GroupDisabled | DropReason::GroupNotAllowed => "group_policy",
+            DropReason::SenderNotAllowed => "sender_not_allowed",
+            DropReason::MissingMention | DropReason::OncharNotTriggered => "missing_mention",
+            DropReason::ChatmodeOff => "chatmode_off",
             DropReason::Empty => "empty",
         }
     }

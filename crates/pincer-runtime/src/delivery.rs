@@ -125,7 +125,19 @@ async fn send_one(inner: Arc<Inner>, row: OutboxRow) {
             inner.counters.deliveries_sent.inc();
             tracing::info!(outbox_id = row.id, outcome = "sent", platform_id = ?receipt.platform_message_id, "delivered");
             let pid = receipt.platform_message_id;
-            inner.writer.run(move |tx| tx.mark_sent(id, pid.as_deref(), now)).await
+            let target = row.target.clone();
+            inner
+                .writer
+                .run(move |tx| {
+                    tx.mark_sent(id, pid.as_deref(), now)?;
+                    // The bot now takes part in this thread (implicit mention
+                    // `threadParticipation`, remembered for 7 days).
+                    match &target.thread_id {
+                        Some(t) => tx.touch_thread(&target.channel, &target.account, &target.to, t, now),
+                        None => Ok(()),
+                    }
+                })
+                .await
         }
         Err(e) if e.is_retryable() && attempt < cfg.max_attempts => {
             let retry_after = match &e {

@@ -11,14 +11,14 @@ use crate::snapshot::Snapshot;
 use crate::supervisor::{StopOutcome, Supervisor};
 use crate::writer::StoreWriter;
 use arc_swap::ArcSwap;
-use pincer_core::config::{Config, QueueMode};
+use pincer_core::config::{Config, DmPolicy, QueueMode, ReplyToMode};
 use pincer_core::routing::resolve_route;
 use pincer_core::session_key::SessionKey;
-use pincer_core::wake::{decide, DropReason, WakeDecision, WakePolicy};
+use pincer_core::wake::{decide, DropReason, MentionGate, WakeDecision, WakePolicy, WakeReason};
 use pincer_core::{AccountId, AgentId, ChannelId, DeliveryTarget, Inbound};
 use pincer_store::{AcceptInbound, NewOutbox, OutboxStatus, Store};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -75,6 +75,29 @@ pub struct Counters {
     pub deliveries_sent: Counter,
     /// Outbox rows that failed for good.
     pub deliveries_failed: Counter,
+    /// Inbound channel messages by (channel, account, `woken`|`skipped`, reason code).
+    pub inbound_by_reason: Mutex<BTreeMap<ReasonKey, u64>>,
+}
+
+/// Key of [`Counters::inbound_by_reason`]: (channel, account, `woken`|`skipped`, reason code).
+pub type ReasonKey = (String, String, &'static str, &'static str);
+
+impl Counters {
+    /// Count one inbound channel message's wake decision.
+    pub fn inbound(&self, channel: &ChannelId, account: &AccountId, woken: bool, reason: &'static str) {
+        let key = (
+            channel.as_str().to_string(),
+            account.as_str().to_string(),
+            if woken { "woken" } else { "skipped" },
+            reason,
+        );
+        *lock(&self.inbound_by_reason).entry(key).or_default() += 1;
+    }
+
+    /// A copy of the per-reason counts.
+    pub fn inbound_by_reason(&self) -> BTreeMap<ReasonKey, u64> {
+        lock(&self.inbound_by_reason).clone()
+    }
 }
 
 /// Errors of the runtime API. `code()` maps to the control plane's error codes.
@@ -493,6 +516,11 @@ impl GatewayHandle {
         &self.inner.version
     }
 
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.inner.state_dir
+    }
+
     /// Uptime in ms.
     pub fn uptime_ms(&self) -> u64 {
         self.inner.started.elapsed().as_millis() as u64
@@ -516,30 +544,74 @@ impl GatewayHandle {
         self.ingest_with(inbound, None).await
     }
 
-    async fn ingest_with(&self, inbound: Inbound, policy: Option<&WakePolicy>) -> Result<IngestOutcome, RuntimeError> {
-        let (mut route, decision, reply_mode) = {
+    async fn ingest_with(
+        &self,
+        mut inbound: Inbound,
+        policy: Option<&WakePolicy>,
+    ) -> Result<IngestOutcome, RuntimeError> {
+        if let (Some(thread), false) = (&inbound.thread_id, inbound.mentions.thread_participation) {
+            if inbound.chat_kind != pincer_core::ChatKind::Direct {
+                inbound.mentions.thread_participation = self.inner.store.participated(
+                    &inbound.channel,
+                    &inbound.account,
+                    &inbound.chat_id,
+                    thread,
+                    now_ms() - THREAD_RETENTION_MS,
+                )?;
+            }
+        }
+        let (mut route, decision, reply_mode, onchar_prefix) = {
             let snap = self.inner.snapshot.load();
+            let reply_mode = pincer_channels::catalog::reply_to_mode_for(&snap.config, &inbound);
+            if reply_mode != ReplyToMode::Off
+                && inbound.thread_id.is_none()
+                && pincer_channels::catalog::replies_open_threads(&inbound.channel)
+            {
+                // The reply starts a thread under this message: the conversation lives in
+                // that thread's session from the first message on.
+                inbound.thread_id = Some(inbound.message_id.clone());
+            }
             let route = resolve_route(&snap.config, &inbound);
-            let from_config;
-            let policy = match policy {
-                Some(p) => p,
-                None => {
-                    from_config = pincer_channels::catalog::wake_policy(&snap.config, &inbound);
-                    &from_config
-                }
+            let mut policy = match policy {
+                Some(p) => p.clone(),
+                None => pincer_channels::catalog::wake_policy(&snap.config, &inbound),
             };
-            let decision = decide(&inbound, policy, snap.patterns_for(&route.agent_id));
-            let mode = pincer_channels::catalog::reply_to_mode(&snap.config, &inbound.channel, &inbound.account);
-            (route, decision, mode)
+            if inbound.chat_kind == pincer_core::ChatKind::Direct
+                && !policy.dm_sender_allowed
+                && matches!(policy.dm_policy, DmPolicy::Pairing | DmPolicy::Allowlist)
+            {
+                // Approved through pairing (`pincer pairing approve`).
+                policy.dm_sender_allowed = self.inner.store.is_paired(
+                    inbound.channel.as_str(),
+                    inbound.account.as_str(),
+                    &inbound.author.id,
+                )?;
+            }
+            let decision = decide(&inbound, &policy, snap.patterns_for(&route.agent_id));
+            let onchar_prefix = match (&decision, &policy.gate) {
+                (WakeDecision::Wake(WakeReason::Onchar), MentionGate::Prefix(ps)) => {
+                    ps.iter().find(|p| !p.is_empty() && inbound.text.trim_start().starts_with(p.as_str())).cloned()
+                }
+                _ => None,
+            };
+            (route, decision, reply_mode, onchar_prefix)
         };
-        if reply_mode != pincer_core::config::ReplyToMode::Off {
+        if let Some(p) = onchar_prefix {
+            // `>what is this` runs on `what is this`.
+            inbound.text = inbound.text.trim_start()[p.len()..].trim_start().to_string();
+        }
+        if reply_mode != ReplyToMode::Off {
             route.delivery.reply_to_id = Some(inbound.message_id.clone());
         }
         let reason = match decision {
             WakeDecision::Drop(r) => {
                 self.inner.counters.inbound_dropped.inc();
+                self.inner.counters.inbound(&inbound.channel, &inbound.account, false, r.code());
                 tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
                     reason = r.code(), "inbound dropped");
+                if r == DropReason::PairingRequired {
+                    self.offer_pairing(&inbound, &route.delivery).await?;
+                }
                 return Ok(IngestOutcome::Dropped(r));
             }
             WakeDecision::Wake(r) => r,
@@ -560,12 +632,15 @@ impl GatewayHandle {
             .await?;
         let Some(acc) = accepted else {
             self.inner.counters.inbound_duplicate.inc();
+            self.inner.counters.inbound(&inbound.channel, &inbound.account, false, DropReason::Duplicate.code());
             tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
                 reason = "duplicate", "inbound dropped");
             return Ok(IngestOutcome::Dropped(DropReason::Duplicate));
         };
         self.inner.counters.inbound_accepted.inc();
-        tracing::debug!(session = %route.session_key, wake = ?reason, "inbound accepted");
+        self.inner.counters.inbound(&inbound.channel, &inbound.account, true, reason.code());
+        tracing::info!(channel = %inbound.channel, account = %inbound.account, message_id = %inbound.message_id,
+            session = %route.session_key, reason = reason.code(), "inbound accepted");
         if self.inner.draining.load(Ordering::SeqCst) {
             // Durable in the ledger; the next runtime runs it (resume_unfinished).
             tracing::info!(session = %route.session_key, "inbound accepted during restart; runs after it");
@@ -581,6 +656,61 @@ impl GatewayHandle {
         );
         self.start_turn(turn);
         Ok(IngestOutcome::Accepted { run_id, session_key: route.session_key })
+    }
+
+    /// `dmPolicy: pairing` and an unknown sender: issue a pairing code (once; at most 3
+    /// pending per account) and send it to the sender through the outbox. The message itself
+    /// is not processed.
+    async fn offer_pairing(&self, inbound: &Inbound, target: &DeliveryTarget) -> Result<(), RuntimeError> {
+        let issued = self.inner.store.pairing_request(
+            inbound.channel.as_str(),
+            inbound.account.as_str(),
+            &inbound.author.id,
+            inbound.author.name.as_deref(),
+            now_ms(),
+        )?;
+        let code = match issued {
+            pincer_store::PairingRequest::Issued(code) => code,
+            other => {
+                tracing::info!(channel = %inbound.channel, account = %inbound.account, sender = %inbound.author.id,
+                    outcome = ?other, "pairing: no new code sent");
+                return Ok(());
+            }
+        };
+        tracing::info!(channel = %inbound.channel, account = %inbound.account, sender = %inbound.author.id, code = %code,
+            "pairing: code issued; approve with `pincer pairing approve {} {code}`", inbound.channel);
+        let text = format!(
+            "I don't know you yet. Your pairing code is {code} (valid for 1 hour). \
+             Ask the operator to approve it with: pincer pairing approve {} {code}",
+            inbound.channel
+        );
+        let mut target = target.clone();
+        target.reply_to_id = None;
+        let mut row = NewOutbox::new(target, text);
+        row.idempotency_key = Some(format!("pairing:{}:{}:{code}", inbound.channel, inbound.account));
+        self.inner.writer.run(move |tx| tx.enqueue_outbox(&row, now_ms())).await?;
+        self.inner.delivery_wake.notify_one();
+        Ok(())
+    }
+
+    /// Approve a pairing code of `channel` (`pairing.approve`). Returns the approved sender, or
+    /// `None` for an unknown or expired code.
+    pub fn approve_pairing(
+        &self,
+        channel: &str,
+        code: &str,
+    ) -> Result<Option<pincer_store::PairedSender>, RuntimeError> {
+        let approved = self.inner.store.pairing_approve(channel, code, now_ms())?;
+        if let Some(p) = &approved {
+            tracing::info!(channel, account = %p.account_id, sender = %p.sender_id, "pairing: sender approved");
+        }
+        Ok(approved)
+    }
+
+    /// Pending pairing requests and approved senders (`pairing.list`).
+    pub fn list_pairing(&self, channel: Option<&str>) -> Result<Value, RuntimeError> {
+        let (pending, paired) = self.inner.store.pairing_list(channel, now_ms())?;
+        Ok(json!({"pending": pending, "paired": paired}))
     }
 
     /// Accept a control-plane or CLI turn (`chat.send`, `agent`). Errors: an empty message, a
@@ -657,6 +787,17 @@ impl GatewayHandle {
         turn.queue_mode = req.queue_mode;
         let info = self.start_turn(turn);
         Ok(Submitted { run_id, session_key: key, duplicate: false, info: Some(info) })
+    }
+
+    /// The canonical session key for what a client sent: a bare key (`webchat:abc`, `main`) is
+    /// qualified with the default agent (`agent:main:webchat:abc`), as `chat.send` does, so
+    /// `chat.history`, `chat.abort` and `sessions.*` find the same session. Errors: a
+    /// malformed key.
+    pub fn qualify_key(&self, key: &str) -> Result<String, RuntimeError> {
+        let agent = self.inner.snapshot.load().config.default_agent_id();
+        SessionKey::qualify(key.trim(), &agent)
+            .map(|k| k.as_str().to_string())
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))
     }
 
     /// Accept one message through the group-commit writer.
@@ -897,17 +1038,30 @@ impl GatewayHandle {
 
     /// `health` payload.
     pub fn health(&self) -> Value {
+        let t0 = Instant::now();
         let snap = self.inner.snapshot.load();
         let counts = self.inner.store.outbox_counts().ok();
+        // OpenClaw's health summary: `channels` keyed by channel id, each with its accounts.
+        let mut channels = serde_json::Map::new();
+        for row in self.channels_status() {
+            let (c, a) = (row["channel"].as_str().unwrap_or_default(), row["accountId"].as_str().unwrap_or_default());
+            let entry = channels.entry(c.to_string()).or_insert_with(|| json!({"accounts": {}}));
+            entry["accounts"][a] = row.clone();
+        }
+        let order: Vec<String> = channels.keys().cloned().collect();
+        let mut failed = Vec::new();
+        if let Some(n) = counts.as_ref().map(|c| c.failed + c.unknown).filter(|n| *n > 0) {
+            failed.push(json!({"queueName": "outbox", "count": n}));
+        }
         json!({
             "ok": true,
             "ts": now_ms(),
-            "uptimeMs": self.uptime_ms(),
+            "durationMs": t0.elapsed().as_millis() as u64,
             "defaultAgentId": snap.config.default_agent_id().as_str(),
-            "configGeneration": snap.generation,
-            "channels": self.inner.channels.status(),
-            "channelOrder": self.inner.channels.status().iter().filter_map(|r| r["channel"].as_str().map(str::to_string)).collect::<std::collections::BTreeSet<_>>(),
-            "outbox": counts,
+            "channels": channels,
+            "channelOrder": order,
+            "channelLabels": {},
+            "deliveryQueues": {"failed": failed},
         })
     }
 
@@ -942,14 +1096,25 @@ impl GatewayHandle {
             "inbound": {"accepted": c.inbound_accepted.get(), "dropped": c.inbound_dropped.get(), "duplicates": c.inbound_duplicate.get()},
             "outbox": counts,
             "failedDeliveries": failed,
-            "channels": self.inner.channels.status(),
+            "channels": self.channels_status(),
             "tasks": self.inner.sup.task_count(),
         })
     }
 
-    /// `channels.status` rows, one per configured account.
+    /// `channels.status` rows, one per configured account, with the account's inbound
+    /// counters by reason (`inbound: {woken: {reason: n}, skipped: {reason: n}}`).
     pub fn channels_status(&self) -> Vec<Value> {
-        self.inner.channels.status()
+        let counts = self.inner.counters.inbound_by_reason();
+        let mut rows = self.inner.channels.status();
+        for row in &mut rows {
+            let (c, a) = (row["channel"].as_str().unwrap_or_default(), row["accountId"].as_str().unwrap_or_default());
+            let mut inbound = json!({"woken": {}, "skipped": {}});
+            for ((_, _, outcome, reason), n) in counts.iter().filter(|((ch, ac, _, _), _)| ch == c && ac == a) {
+                inbound[*outcome][*reason] = json!(n);
+            }
+            row["inbound"] = inbound;
+        }
+        rows
     }
 
     /// Accounts that are configured but not connected (for `/readyz`).

@@ -92,6 +92,9 @@ pub const CORE_METHODS: &[(&str, Scope)] = &[
     ("gateway.restart", Scope::Admin),
     ("config.schema", Scope::Admin),
     ("models.list", Scope::Read),
+    ("logs.tail", Scope::Read),
+    ("pairing.list", Scope::Admin),
+    ("pairing.approve", Scope::Admin),
 ];
 
 impl MethodTable {

@@ -12,6 +12,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Default chunk limit when a channel has no sender (reply rows still get queued).
 const DEFAULT_CHUNK_LIMIT: usize = 4000;
@@ -44,8 +45,8 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMess
     if emit {
         inner.events.emit(
             "agent",
-            json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "stream": "lifecycle", "ts": started,
-                   "data": {"phase": "start", "startedAt": started}}),
+            json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "seq": seq, "stream": "lifecycle",
+                   "ts": started, "data": {"phase": "start", "startedAt": started}}),
             EventScope::Read,
         );
     }
@@ -57,6 +58,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMess
     let chain = cfg.agent_model_chain(agent);
     let budget = Duration::from_millis(cfg.agent_timeout_ms(agent));
     let (dtx, mut drx) = mpsc::channel::<RunEvent>(64);
+    let _stop_typing = start_typing(&inner, &snap, &turn).drop_guard();
     let run = snap.runner.run(&chain, req, dtx, turn.cancel.clone(), budget);
     tokio::pin!(run);
     let mut streamed = String::new();
@@ -158,8 +160,8 @@ fn emit_delta(inner: &Inner, turn: &Turn, seq: &mut u64, streamed: &mut String, 
     let ts = now_ms();
     inner.events.emit(
         "agent",
-        json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "stream": "assistant", "ts": ts,
-               "data": {"text": streamed, "delta": delta}}),
+        json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "seq": *seq, "stream": "assistant",
+               "ts": ts, "data": {"text": streamed, "delta": delta}}),
         EventScope::Read,
     );
     inner.events.emit(
@@ -169,6 +171,32 @@ fn emit_delta(inner: &Inner, turn: &Turn, seq: &mut u64, streamed: &mut String, 
                "message": {"role": "assistant", "content": [{"type": "text", "text": streamed}], "timestamp": ts}}),
         EventScope::Read,
     );
+}
+
+/// How often the typing indicator is refreshed while a channel run is active (platforms show
+/// it for about 5 s per call).
+const TYPING_EVERY: Duration = Duration::from_secs(4);
+
+/// Keep the channel's typing indicator alive while the run is active: one call at once, then
+/// every [`TYPING_EVERY`], until the returned token is cancelled (when the run ends, however it
+/// ends) or the gateway stops. Failures are logged at debug level and never affect the run.
+fn start_typing(inner: &Arc<Inner>, snap: &crate::snapshot::Snapshot, turn: &Turn) -> CancellationToken {
+    let stop = inner.sup.child_token();
+    let ReplyTo::Channel(target) = &turn.reply_to else { return stop };
+    let Some(sender) = snap.sender(target.channel.as_str(), target.account.as_str()).cloned() else { return stop };
+    let (target, token) = (target.clone(), stop.clone());
+    inner.sup.spawn("typing", async move {
+        loop {
+            if let Err(e) = sender.typing(&target).await {
+                tracing::debug!(channel = %target.channel, error = %e, "typing indicator failed");
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(TYPING_EVERY) => {}
+            }
+        }
+    });
+    stop
 }
 
 /// Build the outbox rows of a reply (chunked to the channel's limit). Web chat turns have none.
@@ -283,8 +311,8 @@ fn finish(
         let phase = if status == RunStatus::Error || status == RunStatus::Timeout { "error" } else { "end" };
         inner.events.emit(
             "agent",
-            json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "stream": "lifecycle", "ts": now,
-                   "data": {"phase": phase, "endedAt": now, "status": status}}),
+            json!({"runId": turn.run_id, "sessionKey": turn.session_key.as_str(), "seq": *seq, "stream": "lifecycle",
+                   "ts": now, "data": {"phase": phase, "endedAt": now, "status": status}}),
             EventScope::Read,
         );
         inner.events.emit("chat", payload, EventScope::Read);

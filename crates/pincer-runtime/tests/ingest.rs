@@ -153,3 +153,67 @@ async fn an_ingested_turn_is_tracked_in_the_run_registry() {
     assert_eq!(info.status, RunStatus::Ok, "{info:?}");
     h.stop().await;
 }
+
+/// Thread participation is a fact the runtime keeps (7 days, in the store): once a reply was
+/// delivered into a thread, later messages there wake the agent without a mention; other
+/// threads still need one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_reply_in_a_thread_makes_later_messages_there_wake() {
+    let h = Harness::start(|_| {}).await;
+    let mut events = h.gw.events().subscribe();
+    let in_thread = |id: &str, thread: &str, text: &str, mentioned: bool| Inbound {
+        thread_id: Some(thread.into()),
+        ..room_message(id, text, mentioned)
+    };
+    let (run, _) = accepted(h.gw.ingest(in_thread("$ev1", "$Root1", "@bot start", true), &oncall()).await.unwrap());
+    assert_eq!(wait_chat_end(&mut events, &run).await, "final");
+    h.deliveries(1).await;
+    tokio::time::timeout(common::WAIT, async {
+        while h.outbox().iter().any(|r| r.status != pincer_store::OutboxStatus::Sent) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the reply is marked sent");
+    let out = h.gw.ingest(in_thread("$ev2", "$Root1", "and another thing", false), &oncall()).await.unwrap();
+    accepted(out);
+    let out = h.gw.ingest(in_thread("$ev3", "$Root2", "elsewhere", false), &oncall()).await.unwrap();
+    assert_eq!(out, IngestOutcome::Dropped(DropReason::MissingMention));
+    h.stop().await;
+}
+
+/// `dmPolicy: pairing`: an unknown sender gets a code once (through the outbox) and is not
+/// run; once the operator approves the code, the sender's DMs wake the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_issues_one_code_and_approval_lets_the_sender_in() {
+    let h = Harness::start(|_| {}).await;
+    let dm = |id: &str, text: &str| Inbound {
+        chat_kind: ChatKind::Direct,
+        peer_id: "U-Bob".into(),
+        chat_id: "D-bob".into(),
+        author: Author { id: "U-Bob".into(), name: Some("bob".into()), ..Default::default() },
+        ..room_message(id, text, false)
+    };
+    let pairing = WakePolicy { dm_policy: pincer_core::config::DmPolicy::Pairing, ..Default::default() };
+    let out = h.gw.ingest(dm("m1", "hello?"), &pairing).await.unwrap();
+    assert_eq!(out, IngestOutcome::Dropped(DropReason::PairingRequired));
+    let d = h.deliveries(1).await;
+    assert_eq!(common::s(&d[0].body, "to"), "D-bob", "the code goes back to the sender's DM");
+    let text = d[0].text();
+    let code: String = text.split("pairing code is ").nth(1).unwrap().chars().take(8).collect();
+    assert!(text.contains(&format!("pincer pairing approve webhook {code}")), "{text}");
+    // Asking again does not send a second code.
+    let out = h.gw.ingest(dm("m2", "hello??"), &pairing).await.unwrap();
+    assert_eq!(out, IngestOutcome::Dropped(DropReason::PairingRequired));
+    assert_eq!(h.outbox().len(), 1);
+    let pending = h.gw.list_pairing(Some("webhook")).unwrap();
+    assert_eq!(pending["pending"][0]["code"], code.as_str());
+    assert_eq!(h.gw.approve_pairing("webhook", "NOPE2345").unwrap(), None);
+    let approved = h.gw.approve_pairing("webhook", &code).unwrap().expect("approved");
+    assert_eq!(approved.sender_id, "U-Bob");
+    let mut events = h.gw.events().subscribe();
+    let (run, key) = accepted(h.gw.ingest(dm("m3", "now?"), &pairing).await.unwrap());
+    assert_eq!(key, "agent:main:main", "DMs share the main session by default");
+    assert_eq!(wait_chat_end(&mut events, &run).await, "final");
+    h.stop().await;
+}

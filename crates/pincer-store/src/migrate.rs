@@ -22,8 +22,10 @@ pub(crate) struct Migration {
 }
 
 /// All migrations, in order. Numbers are contiguous from 1.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../migrations/0001_init.sql") }];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../migrations/0001_init.sql") },
+    Migration { version: 2, name: "pairing", sql: include_str!("../migrations/0002_pairing.sql") },
+];
 
 /// The schema version this binary writes.
 pub(crate) fn latest_version() -> i64 {

@@ -7,9 +7,13 @@
 //! - [`FakeWebhook`]: a strict receiver for the `webhook` delivery channel.
 //! - [`FakeDiscord`]: a strict fake of Discord's HTTP API and Gateway (v10) for the Discord
 //!   channel adapter, enforcing one live gateway session per bot token.
+//! - [`FakeMattermost`]: a strict fake of Mattermost's HTTP API v4 and WebSocket for the
+//!   Mattermost channel adapter, counting simultaneous sockets per bot token. Its other types
+//!   live in [`mattermost`].
 
 pub mod discord;
 pub mod fake_llm;
+pub mod mattermost;
 pub mod webhook;
 
 pub use discord::{
@@ -17,4 +21,5 @@ pub use discord::{
     WaitTimeout,
 };
 pub use fake_llm::{Api, Behaviour, FakeLlm, RecordedRequest};
+pub use mattermost::FakeMattermost;
 pub use webhook::{Delivery, FakeWebhook, WebhookBehaviour};

@@ -59,9 +59,24 @@ pub enum Command {
     /// Inspect and retry outbox deliveries.
     #[command(subcommand)]
     Deliveries(DeliveriesCmd),
+    /// Print the gateway's file log (`<state>/logs/pincer.log`, via `logs.tail`).
+    Logs {
+        /// Keep printing new lines.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Lines to show first.
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        /// Print the JSON lines as they are (default: time, level and message).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, start and stop channel accounts.
     #[command(subcommand)]
     Channels(ChannelsCmd),
+    /// DM pairing: list pending codes, approve a sender.
+    #[command(subcommand)]
+    Pairing(PairingCmd),
     /// Read, edit and validate the config file.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -215,6 +230,26 @@ pub enum DeliveriesCmd {
     },
 }
 
+/// `pairing ...`.
+#[derive(Subcommand, Debug)]
+pub enum PairingCmd {
+    /// Pending codes and approved senders.
+    List {
+        /// Only this channel (e.g. `mattermost`).
+        channel: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the sender who received `code` on `channel`.
+    Approve {
+        /// Channel id, e.g. `mattermost`.
+        channel: String,
+        /// The 8-character code the sender received.
+        code: String,
+    },
+}
+
 /// `channels ...`.
 #[derive(Subcommand, Debug)]
 pub enum ChannelsCmd {
@@ -337,6 +372,23 @@ pub async fn run(cli: Cli) -> u8 {
             })
             .await
         }
+        Command::Pairing(PairingCmd::List { channel, json }) => {
+            call_print(&conn, "pairing.list", json!({"channel": channel}), json, client::print_pairing).await
+        }
+        Command::Pairing(PairingCmd::Approve { channel, code }) => {
+            call_print(&conn, "pairing.approve", json!({"channel": channel, "code": code}), false, |v| {
+                let s = &v["sender"];
+                println!(
+                    "approved {} ({}) on {}/{}",
+                    s["senderId"].as_str().unwrap_or("?"),
+                    s["senderName"].as_str().unwrap_or("-"),
+                    s["channel"].as_str().unwrap_or("?"),
+                    s["accountId"].as_str().unwrap_or("?")
+                );
+            })
+            .await
+        }
+        Command::Logs { follow, limit, json } => client::logs(&conn, follow, limit, json).await,
         Command::Channels(ChannelsCmd::Status(f)) => {
             call_print(&conn, "channels.status", json!({}), f.json, client::print_channels).await
         }

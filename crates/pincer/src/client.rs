@@ -378,3 +378,74 @@ pub fn print_channels(v: &Value) {
         println!("{}", channel_line(r));
     }
 }
+
+/// One JSON log line as `time LEVEL message key=value ...`; other lines as they are.
+fn log_line_human(line: &str) -> String {
+    let Ok(Value::Object(mut v)) = serde_json::from_str::<Value>(line) else {
+        return line.to_string();
+    };
+    let take = |v: &mut serde_json::Map<String, Value>, k: &str| match v.remove(k) {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let (ts, level, msg) = (take(&mut v, "timestamp"), take(&mut v, "level"), take(&mut v, "message"));
+    v.remove("target");
+    let mut out = format!("{ts} {level:>5} {msg}");
+    for (k, val) in v {
+        out.push_str(&format!(" {k}={}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string())));
+    }
+    out
+}
+
+/// `pincer logs`: print the last `limit` lines of the gateway's file log, then (with
+/// `follow`) poll `logs.tail` once a second for new lines until interrupted.
+pub async fn logs(conn: &ConnectOpts, follow: bool, limit: u32, json: bool) -> Result<u8> {
+    let mut c = Client::connect(conn).await?;
+    let mut params = json!({"limit": limit});
+    loop {
+        let page = match c.call("logs.tail", params.clone()).await? {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {} ({})", e["message"].as_str().unwrap_or("logs.tail failed"), e["code"]);
+                return Ok(1);
+            }
+        };
+        for line in page["lines"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            println!("{}", if json { line.to_string() } else { log_line_human(line) });
+        }
+        if !follow {
+            return Ok(0);
+        }
+        params = json!({"cursor": page["cursor"], "limit": 5000});
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Print `pairing.list`.
+pub fn print_pairing(v: &Value) {
+    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    let paired = v["paired"].as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        println!("no pending pairing requests");
+    }
+    for p in &pending {
+        println!(
+            "pending  {}  {}/{}  {} ({})",
+            p["code"].as_str().unwrap_or("?"),
+            p["channel"].as_str().unwrap_or("?"),
+            p["accountId"].as_str().unwrap_or("?"),
+            p["senderId"].as_str().unwrap_or("?"),
+            p["senderName"].as_str().unwrap_or("-"),
+        );
+    }
+    for p in &paired {
+        println!(
+            "paired   {}/{}  {} ({})",
+            p["channel"].as_str().unwrap_or("?"),
+            p["accountId"].as_str().unwrap_or("?"),
+            p["senderId"].as_str().unwrap_or("?"),
+            p["senderName"].as_str().unwrap_or("-"),
+        );
+    }
+}

@@ -15,7 +15,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    logging::init(args.log_format, args.log_level.as_deref(), args.command.is_daemon());
+    let daemon = args.command.is_daemon();
+    let log_file = daemon.then(|| logging::log_file(&paths::state_dir(args.state_dir.as_deref())));
+    logging::init(args.log_format, args.log_level.as_deref(), daemon, log_file.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -353,3 +353,28 @@ async fn a_request_flood_is_answered_in_full() {
     }
     d.stop().await;
 }
+
+/// Five failed authentications from one address lock it out for the rest of the minute, even
+/// with the right token; the HTTP API shares the count.
+#[tokio::test]
+async fn repeated_auth_failures_from_one_address_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    for i in 0..5 {
+        let mut ws = Ws::connect_raw(&d.ws_url()).await;
+        let r = ws.request("connect", connect_params("wrong-token", &["operator.read"])).await;
+        assert_eq!(r["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH", "attempt {i}: {r}");
+        assert_eq!(ws.close_code().await, Some(1008));
+    }
+    let mut ws = Ws::connect_raw(&d.ws_url()).await;
+    let r = ws.request("connect", connect_params(&d.token, &["operator.read"])).await;
+    assert_eq!(r["error"]["details"]["code"], "AUTH_RATE_LIMITED", "locked out even with the right token: {r}");
+    assert_eq!(r["error"]["retryable"], true);
+    assert!(r["error"]["retryAfterMs"].as_u64().unwrap() > 0);
+    assert_eq!(ws.close_code().await, Some(1008));
+    let http =
+        reqwest::Client::new().get(format!("{}/v1/models", d.http_url())).bearer_auth(&d.token).send().await.unwrap();
+    assert_eq!(http.status(), 429, "the HTTP API shares the lockout");
+    assert!(http.headers().get("retry-after").is_some());
+    d.stop().await;
+}

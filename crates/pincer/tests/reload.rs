@@ -256,3 +256,27 @@ async fn a_new_port_is_reported_on_reload_and_applied_by_gateway_restart() {
     let (code, _) = d.stop().await;
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn logs_tail_reads_the_file_log_with_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}}));
+    let d = Daemon::start(dir.path()).await;
+    let mut ws = d.client().await;
+    write_config(dir.path(), &json!({"gateway": {"reload": {"mode": "off"}}, "messages": {"responsePrefix": "[x]"}}));
+    assert_eq!(ws.request("gateway.reload", json!({})).await["ok"], true);
+    let page = ws.request("logs.tail", json!({"limit": 50})).await;
+    let p = &page["payload"];
+    let file = p["file"].as_str().unwrap();
+    assert!(file.ends_with("logs/pincer.log"), "{p}");
+    let lines: Vec<Value> =
+        p["lines"].as_array().unwrap().iter().map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["message"] == "config applied"), "the reload is in the file log: {lines:?}");
+    // Nothing new after the cursor, until something is logged.
+    let next = ws.request("logs.tail", json!({"cursor": p["cursor"]})).await;
+    assert_eq!(next["payload"]["lines"], json!([]), "{next}");
+    let out = cli(dir.path(), &["logs", "--limit", "50"]).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config applied"));
+    d.stop().await;
+}

@@ -611,6 +611,9 @@ pub struct ChannelsConfig {
     /// `channels.discord`: Discord bot accounts (gateway + REST).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discord: Option<super::discord::DiscordChannelConfig>,
+    /// `channels.mattermost`: Mattermost bot accounts (WebSocket events + REST API v4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mattermost: Option<super::mattermost::MattermostChannelConfig>,
     /// Channel sections this build does not know yet, kept verbatim (validation warns).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

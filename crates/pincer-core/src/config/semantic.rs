@@ -80,6 +80,7 @@ pub(crate) fn check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut 
     check_bindings(cfg, &mut r);
     check_webhook(cfg, &mut r);
     check_discord(cfg, &mut r);
+    check_mattermost(cfg, &mut r);
 
     let main_key = &cfg.session.main_key;
     if main_key.trim().is_empty() || main_key.contains(':') {
@@ -364,6 +365,64 @@ fn check_discord(cfg: &Config, r: &mut Report) {
         if d.enabled != Some(false) && a.enabled.or(d.enabled) != Some(false) {
             let allow = a.allow_from.as_ref().or(d.allow_from.as_ref());
             open_needs_star(format!("{at}.allowFrom"), a.dm_policy.or(d.dm_policy), allow, r);
+        }
+    }
+}
+
+/// `channels.mattermost`: `baseUrl` must be http(s) (after stripping `/api/v4`),
+/// `textChunkLimit` 1-16383, `pingIntervalMs`/`pongTimeoutMs` at least 1, no empty
+/// `oncharPrefixes`, and OpenClaw's rule that `dmPolicy: "open"` needs `"*"` in `allowFrom`,
+/// for the base section and every account (an account inherits the base values it does not
+/// set).
+fn check_mattermost(cfg: &Config, r: &mut Report) {
+    use super::mattermost::{
+        mattermost_base_url_is_valid, normalize_mattermost_base_url, MattermostAccountConfig, MATTERMOST_MAX_POST_CHARS,
+    };
+    use super::model::DmPolicy;
+    let Some(m) = &cfg.channels.mattermost else {
+        return;
+    };
+    let check_keys = |base: &str, a: &MattermostAccountConfig, r: &mut Report| {
+        if let Some(u) = &a.base_url {
+            if !mattermost_base_url_is_valid(&normalize_mattermost_base_url(u)) {
+                r.error(format!("{base}.baseUrl"), format!("expected an http:// or https:// URL, got \"{u}\""));
+            }
+        }
+        if let Some(n) = a.text_chunk_limit {
+            if n == 0 || n > MATTERMOST_MAX_POST_CHARS {
+                r.error(
+                    format!("{base}.textChunkLimit"),
+                    format!("expected an integer 1-{MATTERMOST_MAX_POST_CHARS} (Mattermost's post limit), got {n}"),
+                );
+            }
+        }
+        for (key, v) in [("pingIntervalMs", a.ping_interval_ms), ("pongTimeoutMs", a.pong_timeout_ms)] {
+            if v == Some(0) {
+                r.error(format!("{base}.{key}"), AT_LEAST_ONE);
+            }
+        }
+        for (i, p) in a.onchar_prefixes.iter().flatten().enumerate() {
+            if p.is_empty() {
+                r.error(format!("{base}.oncharPrefixes.{i}"), "must not be empty");
+            }
+        }
+    };
+    let open_needs_star = |path: String, policy: Option<DmPolicy>, allow: Option<&Vec<String>>, r: &mut Report| {
+        if policy == Some(DmPolicy::Open) && !allow.is_some_and(|a| a.iter().any(|i| i.trim() == "*")) {
+            r.error(path, "dmPolicy \"open\" requires allowFrom to include \"*\"");
+        }
+    };
+    let base = "channels.mattermost";
+    check_keys(base, &m.base_as_account(), r);
+    if m.accounts.is_empty() && m.enabled != Some(false) {
+        open_needs_star(format!("{base}.allowFrom"), m.dm_policy, m.allow_from.as_ref(), r);
+    }
+    for (id, a) in &m.accounts {
+        let at = join(&[key("channels"), key("mattermost"), key("accounts"), key(id)], &[]);
+        check_keys(&at, a, r);
+        if m.enabled != Some(false) && a.enabled.or(m.enabled) != Some(false) {
+            let allow = a.allow_from.as_ref().or(m.allow_from.as_ref());
+            open_needs_star(format!("{at}.allowFrom"), a.dm_policy.or(m.dm_policy), allow, r);
         }
     }
 }

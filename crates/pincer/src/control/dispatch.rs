@@ -50,7 +50,7 @@ pub async fn handle(state: ControlState, req: Request) {
         req.out.error(
             &req.id,
             json!({"code": "FORBIDDEN", "message": format!("missing scope: {}", spec.scope.as_str()),
-                   "details": {"code": "MISSING_SCOPE", "missingScope": spec.scope.as_str()}}),
+                   "details": {"code": "MISSING_SCOPE", "missingScope": spec.scope.as_str(), "requiredScopes": [spec.scope.as_str()]}}),
         );
         return;
     }
@@ -76,8 +76,22 @@ pub async fn handle(state: ControlState, req: Request) {
             let order: Vec<String> = accounts.keys().cloned().collect();
             let defaults: serde_json::Map<String, Value> =
                 order.iter().map(|c| (c.clone(), json!(pincer_core::AccountId::DEFAULT))).collect();
-            out.ok(id, json!({"ts": pincer_runtime::now_ms(), "channelOrder": order, "channelLabels": {}, "channelAccounts": accounts,
-                              "channelDefaultAccountId": defaults}));
+            // Channel-level summary (required by the schema): any account configured/running/connected.
+            let channels: serde_json::Map<String, Value> = accounts
+                .iter()
+                .map(|(c, rows)| {
+                    let rows = rows.as_array().map(Vec::as_slice).unwrap_or_default();
+                    let any = |k: &str| rows.iter().any(|r| r[k] == true);
+                    let summary = json!({"configured": any("configured"), "running": any("running"),
+                                         "connected": any("connected"), "accounts": rows.len()});
+                    (c.clone(), summary)
+                })
+                .collect();
+            out.ok(
+                id,
+                json!({"ts": pincer_runtime::now_ms(), "channelOrder": order, "channelLabels": {}, "channels": channels,
+                              "channelAccounts": accounts, "channelDefaultAccountId": defaults}),
+            );
         }
         "channels.start" | "channels.stop" => {
             let Some(channel) = p.get("channel").and_then(Value::as_str).filter(|c| !c.is_empty()) else {
@@ -201,13 +215,21 @@ pub async fn handle(state: ControlState, req: Request) {
             }
         }
         "chat.abort" => {
-            let aborted = gw.abort(str_param(p, "sessionKey"), str_param(p, "runId"));
+            let key = match str_param(p, "sessionKey").map(|k| gw.qualify_key(k)).transpose() {
+                Ok(k) => k,
+                Err(e) => return out.error(id, runtime_err(e)),
+            };
+            let aborted = gw.abort(key.as_deref(), str_param(p, "runId"));
             out.ok(id, json!({"ok": true, "aborted": !aborted.is_empty(), "runIds": aborted}));
         }
         "chat.history" => {
             let Some(key) = str_param(p, "sessionKey") else { return out.error(id, missing("sessionKey")) };
             let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(200).min(1000) as usize;
-            match gw.store().transcript(key, limit) {
+            let canonical = match gw.qualify_key(key) {
+                Ok(k) => k,
+                Err(e) => return out.error(id, runtime_err(e)),
+            };
+            match gw.store().transcript(&canonical, limit) {
                 Ok(entries) => {
                     let messages: Vec<Value> = entries
                         .into_iter()
@@ -256,6 +278,10 @@ pub async fn handle(state: ControlState, req: Request) {
                 return out.error(id, missing("key"));
             };
             let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(50).min(1000) as usize;
+            let key = &match gw.qualify_key(key) {
+                Ok(k) => k,
+                Err(e) => return out.error(id, runtime_err(e)),
+            };
             match (gw.store().get_session(key), gw.store().transcript(key, limit)) {
                 (Ok(Some(s)), Ok(t)) => out.ok(
                     id,
@@ -268,6 +294,10 @@ pub async fn handle(state: ControlState, req: Request) {
         "sessions.reset" => {
             let Some(key) = str_param(p, "key").or_else(|| str_param(p, "sessionKey")) else {
                 return out.error(id, missing("key"));
+            };
+            let key = &match gw.qualify_key(key) {
+                Ok(k) => k,
+                Err(e) => return out.error(id, runtime_err(e)),
             };
             match gw.reset_session(key) {
                 Ok(existed) => out.ok(id, json!({"ok": true, "key": key, "existed": existed})),
@@ -340,6 +370,47 @@ pub async fn handle(state: ControlState, req: Request) {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let base_hash = str_param(p, "baseHash").map(str::to_string);
             control_call(&state, ControlInput::Patch { patch, base_hash, reply: tx }, rx, id, out).await;
+        }
+        "pairing.list" => {
+            let channel = p.get("channel").and_then(Value::as_str).filter(|c| !c.is_empty());
+            match gw.list_pairing(channel) {
+                Ok(v) => out.ok(id, v),
+                Err(e) => out.error(id, err(e.code(), e.to_string())),
+            }
+        }
+        "pairing.approve" => {
+            let (Some(channel), Some(code)) =
+                (p.get("channel").and_then(Value::as_str), p.get("code").and_then(Value::as_str))
+            else {
+                out.error(id, err("INVALID_REQUEST", "params.channel and params.code are required"));
+                return;
+            };
+            match gw.approve_pairing(channel, code) {
+                Ok(Some(s)) => out.ok(id, json!({"approved": true, "sender": s})),
+                Ok(None) => out.error(
+                    id,
+                    err(
+                        "INVALID_REQUEST",
+                        format!("no pending pairing request with code {code} on {channel} (expired or already used?)"),
+                    ),
+                ),
+                Err(e) => out.error(id, err(e.code(), e.to_string())),
+            }
+        }
+        "logs.tail" => {
+            let cursor = p.get("cursor").and_then(Value::as_u64);
+            let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(200).clamp(1, 5000) as usize;
+            let max_bytes = p.get("maxBytes").and_then(Value::as_u64).unwrap_or(256 * 1024).clamp(1, 1024 * 1024);
+            let path = crate::logging::log_file(gw.state_dir());
+            match gw
+                .supervisor()
+                .spawn_blocking("logs-tail", move || crate::logging::tail(&path, cursor, limit, max_bytes))
+                .await
+            {
+                Ok(Ok(page)) => out.ok(id, json!(page)),
+                Ok(Err(e)) => out.error(id, err("UNAVAILABLE", format!("cannot read the log file: {e}"))),
+                Err(e) => out.error(id, err("UNAVAILABLE", format!("log read failed: {e}"))),
+            }
         }
         "gateway.reload" => {
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -63,6 +63,15 @@ pub async fn metrics(State(state): State<ControlState>) -> Response {
             }
         }
     }
+    s.push_str("# HELP pincer_channel_inbound_total Inbound channel messages by wake decision and reason.\n");
+    s.push_str("# TYPE pincer_channel_inbound_total counter\n");
+    for ((ch, acc, outcome, reason), n) in c.inbound_by_reason() {
+        s.push_str(&format!(
+            "pincer_channel_inbound_total{{channel=\"{}\",account=\"{}\",decision=\"{outcome}\",reason=\"{reason}\"}} {n}\n",
+            prom_escape(&ch),
+            prom_escape(&acc)
+        ));
+    }
     let rows = gw.channels_status();
     let label = |r: &serde_json::Value| {
         format!(
@@ -104,11 +113,24 @@ fn prom_escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The client's IP address, when the server was started with connect info (always, in
+/// [`super::serve`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
 fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message, "type": kind, "code": null}}))).into_response()
 }
 
-fn check_openai(state: &ControlState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+fn check_openai(state: &ControlState, ip: ClientIp, headers: &HeaderMap) -> Result<(), Box<Response>> {
     if !state.inner.gateway_cfg.load().chat_completions_enabled() {
         return Err(Box::new(openai_error(
             StatusCode::NOT_FOUND,
@@ -120,19 +142,30 @@ fn check_openai(state: &ControlState, headers: &HeaderMap) -> Result<(), Box<Res
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    if !state.token_ok(bearer) {
-        return Err(Box::new(openai_error(
+    match state.authorize(ip.0, bearer) {
+        Ok(()) => Ok(()),
+        Err(super::AuthFailure::RateLimited(wait)) => {
+            let mut r = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "too many failed authentication attempts from this address",
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
+            Err(Box::new(r))
+        }
+        Err(_) => Err(Box::new(openai_error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "invalid or missing bearer token",
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// `GET /v1/models`: agent targets (`pincer/<agentId>`), as OpenClaw lists `openclaw/<agentId>`.
-pub async fn models(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_openai(&state, &headers) {
+pub async fn models(State(state): State<ControlState>, ip: ClientIp, headers: HeaderMap) -> Response {
+    if let Err(r) = check_openai(&state, ip, &headers) {
         return *r;
     }
     let snap = state.gateway().snapshot();
@@ -161,10 +194,11 @@ fn agent_from_model(model: &str) -> Option<String> {
 /// `POST /v1/chat/completions`: one agent turn. Non-streaming and SSE streaming.
 pub async fn chat_completions(
     State(state): State<ControlState>,
+    ip: ClientIp,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_openai(&state, &headers) {
+    if let Err(r) = check_openai(&state, ip, &headers) {
         return *r;
     }
     let req: Value = match serde_json::from_slice(&body) {

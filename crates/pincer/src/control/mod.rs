@@ -6,7 +6,9 @@
 //! handle and nothing keeps a stale copy (DESIGN.md bug 4).
 
 mod dispatch;
+pub(crate) mod frame;
 mod http;
+mod limiter;
 mod ws;
 
 use crate::daemon::ControlInput;
@@ -44,6 +46,8 @@ struct ControlInner {
     conn_ids: AtomicU64,
     /// True while a runtime is up (false during an in-process restart and at stop).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Failed authentications per client address.
+    auth_limiter: limiter::AuthLimiter,
 }
 
 impl ControlState {
@@ -65,6 +69,7 @@ impl ControlState {
                 control,
                 conn_ids: AtomicU64::new(1),
                 ready: tokio::sync::watch::Sender::new(true),
+                auth_limiter: limiter::AuthLimiter::default(),
             }),
         }
     }
@@ -120,12 +125,56 @@ impl ControlState {
         format!("conn-{}", self.inner.conn_ids.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Authenticate a client from `ip` presenting `token`: refused without a token check while
+    /// the address is locked out after repeated failures, then a constant-time comparison.
+    /// Errors: [`AuthFailure`].
+    pub fn authorize(&self, ip: Option<std::net::IpAddr>, presented: Option<&str>) -> Result<(), AuthFailure> {
+        let now = std::time::Instant::now();
+        if let Some(ip) = ip {
+            self.inner.auth_limiter.check(ip, now).map_err(AuthFailure::RateLimited)?;
+        }
+        if self.token_ok(presented) {
+            if let Some(ip) = ip {
+                self.inner.auth_limiter.success(ip);
+            }
+            return Ok(());
+        }
+        if let Some(ip) = ip {
+            self.inner.auth_limiter.failure(ip, now);
+            tracing::warn!(%ip, "control plane: authentication failed");
+        }
+        Err(if presented.is_none() { AuthFailure::Missing } else { AuthFailure::Mismatch })
+    }
+
     /// Constant-time token check (`subtle`). Always true in `auth.mode: none`.
     pub fn token_ok(&self, presented: Option<&str>) -> bool {
         use subtle::ConstantTimeEq;
         match self.inner.auth {
             AuthMode::None => true,
             AuthMode::Token => presented.is_some_and(|p| p.as_bytes().ct_eq(self.inner.token.as_bytes()).into()),
+        }
+    }
+}
+
+/// Why [`ControlState::authorize`] refused a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token was presented.
+    Missing,
+    /// The token is wrong.
+    Mismatch,
+    /// Too many failures from this address; retry after the duration.
+    RateLimited(std::time::Duration),
+}
+
+impl AuthFailure {
+    /// The `details.code` of the error (OpenClaw's auth failure codes, plus
+    /// `AUTH_RATE_LIMITED`).
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "AUTH_TOKEN_MISSING",
+            AuthFailure::Mismatch => "AUTH_TOKEN_MISMATCH",
+            AuthFailure::RateLimited(_) => "AUTH_RATE_LIMITED",
         }
     }
 }
@@ -148,6 +197,7 @@ pub fn router(state: ControlState) -> Router {
 /// Serve until `cancel`.
 pub async fn serve(listener: tokio::net::TcpListener, state: ControlState, cancel: CancellationToken) {
     let app = router(state);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await {
         tracing::error!(error = %e, "control plane server failed");
     }
@@ -155,18 +205,19 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ControlState, cance
 
 async fn root(
     State(state): State<ControlState>,
+    ip: http::ClientIp,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(up) => ws::upgrade(state, up),
+        Ok(up) => ws::upgrade(state, up, ip.0),
         Err(_) if state.inner.gateway_cfg.load().control_ui.enabled => Html(WEBCHAT_HTML).into_response(),
         Err(_) => (axum::http::StatusCode::NOT_FOUND, "web chat is disabled (gateway.controlUi.enabled: false)")
             .into_response(),
     }
 }
 
-async fn ws_only(State(state): State<ControlState>, upgrade: WebSocketUpgrade) -> Response {
-    ws::upgrade(state, upgrade)
+async fn ws_only(State(state): State<ControlState>, ip: http::ClientIp, upgrade: WebSocketUpgrade) -> Response {
+    ws::upgrade(state, upgrade, ip.0)
 }
 
 /// The web chat page (a single self-contained HTML file speaking the WS protocol).

@@ -2,7 +2,8 @@
 //! in `openclaw-wire.md`): `connect.challenge` → `connect` → `hello-ok`, then `req`/`res`
 //! frames and `event` frames with a per-connection `seq`.
 
-use super::{dispatch, ControlState, PROTOCOL_VERSION};
+use super::frame::{self, FrameError};
+use super::{dispatch, AuthFailure, ControlState, PROTOCOL_VERSION};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -11,8 +12,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Pre-auth frame cap (64 KiB).
-pub const PRE_AUTH_MAX: usize = 64 * 1024;
 /// Handshake timeout.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Post-handshake max frame (25 MiB, `policy.maxPayload`).
@@ -29,8 +28,9 @@ pub const MAX_INFLIGHT: usize = 64;
 /// Known operator scopes.
 const SCOPES: &[&str] = &["operator.read", "operator.write", "operator.admin"];
 
-pub(super) fn upgrade(state: ControlState, up: WebSocketUpgrade) -> Response {
-    up.max_message_size(MAX_PAYLOAD).max_frame_size(MAX_PAYLOAD).on_upgrade(move |socket| connection(state, socket))
+/// Accept a WebSocket upgrade from `ip` (used to rate-limit failed authentications).
+pub(super) fn upgrade(state: ControlState, up: WebSocketUpgrade, ip: Option<std::net::IpAddr>) -> Response {
+    up.max_message_size(MAX_PAYLOAD).max_frame_size(MAX_PAYLOAD).on_upgrade(move |socket| connection(state, socket, ip))
 }
 
 /// An error object `{code, message, details?}`.
@@ -57,7 +57,7 @@ pub struct Client {
     pub role: String,
 }
 
-async fn connection(state: ControlState, mut socket: WebSocket) {
+async fn connection(state: ControlState, mut socket: WebSocket, ip: Option<std::net::IpAddr>) {
     let nonce: String = {
         use rand::Rng;
         let b: [u8; 16] = rand::thread_rng().gen();
@@ -87,30 +87,28 @@ async fn connection(state: ControlState, mut socket: WebSocket) {
             return;
         }
     };
-    if text.len() > PRE_AUTH_MAX {
-        close(&mut socket, 1009, "pre-auth frame too large (max 64 KiB)").await;
-        return;
-    }
-    let frame: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => {
+    let frame = match frame::parse_connect_frame(&text) {
+        Ok(f) => f,
+        Err(FrameError::TooLarge { .. }) => {
+            close(&mut socket, 1009, "pre-auth frame too large (max 64 KiB)").await;
+            return;
+        }
+        Err(FrameError::NotJson(_)) => {
             close(&mut socket, 1008, "invalid handshake: not JSON").await;
             return;
         }
+        Err(FrameError::NotRequest { id }) => {
+            let _ = socket
+                .send(Message::Text(
+                    res_err(&id, err("INVALID_REQUEST", "invalid handshake: first request must be connect")).into(),
+                ))
+                .await;
+            close(&mut socket, 1008, "invalid handshake: first request must be connect").await;
+            return;
+        }
     };
-    let id = frame.get("id").cloned().unwrap_or(Value::Null);
-    if frame.get("type").and_then(Value::as_str) != Some("req")
-        || frame.get("method").and_then(Value::as_str) != Some("connect")
-    {
-        let _ = socket
-            .send(Message::Text(
-                res_err(&id, err("INVALID_REQUEST", "invalid handshake: first request must be connect")).into(),
-            ))
-            .await;
-        close(&mut socket, 1008, "invalid handshake: first request must be connect").await;
-        return;
-    }
-    let client = match authenticate(&state, frame.get("params").unwrap_or(&Value::Null)) {
+    let id = frame.id;
+    let client = match authenticate(&state, ip, &frame.params) {
         Ok(c) => c,
         Err(e) => {
             let reason = e["message"].as_str().unwrap_or("connect failed").chars().take(120).collect::<String>();
@@ -135,7 +133,8 @@ async fn connection(state: ControlState, mut socket: WebSocket) {
         "server": {"version": gw.version(), "connId": client.conn_id},
         "features": {"methods": methods.names(), "events": ["connect.challenge", "chat", "agent", "tick", "health", "shutdown"]},
         "snapshot": {"presence": [], "health": gw.health(), "stateVersion": {"presence": 0, "health": 0}, "uptimeMs": gw.uptime_ms(),
-                     "appliedConfigHash": gw.snapshot().hash},
+                     // `null`, not "", without a config file (the schema wants a non-empty hash or null).
+                     "appliedConfigHash": Some(gw.snapshot().hash.clone()).filter(|h| !h.is_empty())},
         "auth": {"method": "token", "role": client.role, "scopes": client.scopes},
         "policy": {"maxPayload": MAX_PAYLOAD, "maxBufferedBytes": MAX_BUFFERED, "tickIntervalMs": TICK.as_millis() as u64},
     });
@@ -147,7 +146,7 @@ async fn connection(state: ControlState, mut socket: WebSocket) {
     session(state, socket, client, gw).await;
 }
 
-fn authenticate(state: &ControlState, params: &Value) -> Result<Client, Value> {
+fn authenticate(state: &ControlState, ip: Option<std::net::IpAddr>, params: &Value) -> Result<Client, Value> {
     let min = params.get("minProtocol").and_then(Value::as_u64).unwrap_or(PROTOCOL_VERSION);
     let max = params.get("maxProtocol").and_then(Value::as_u64).unwrap_or(PROTOCOL_VERSION);
     if min > PROTOCOL_VERSION || max < PROTOCOL_VERSION {
@@ -162,11 +161,20 @@ fn authenticate(state: &ControlState, params: &Value) -> Result<Client, Value> {
         );
     }
     let token = params.pointer("/auth/token").and_then(Value::as_str);
-    if !state.token_ok(token) {
-        let code = if token.is_none() { "AUTH_TOKEN_MISSING" } else { "AUTH_TOKEN_MISMATCH" };
+    match state.authorize(ip, token) {
+        Ok(()) => {}
+        Err(AuthFailure::RateLimited(wait)) => {
+            let ms = wait.as_millis() as u64;
+            return Err(json!({"code": "UNAVAILABLE",
+                "message": "too many failed authentication attempts from this address; try again later",
+                "retryable": true, "retryAfterMs": ms,
+                "details": {"code": AuthFailure::RateLimited(wait).code(), "reason": "auth", "retryAfterMs": ms}}));
+        }
         // The reference answers INVALID_REQUEST and names the auth failure in the details.
-        return Err(json!({"code": "INVALID_REQUEST", "message": "unauthorized: gateway token missing or wrong",
-            "details": {"code": code, "reason": "auth"}}));
+        Err(f) => {
+            return Err(json!({"code": "INVALID_REQUEST", "message": "unauthorized: gateway token missing or wrong",
+                "details": {"code": f.code(), "reason": "auth"}}))
+        }
     }
     let scopes: Vec<String> = params
         .get("scopes")
@@ -254,37 +262,20 @@ async fn session(
                     Ok(Message::Close(_)) | Err(_) => break,
                     Ok(_) => continue,
                 };
-                let frame: Value = match serde_json::from_str(&text) {
-                    Ok(v) => v,
+                let frame::ClientFrame { id, method, params } = match frame::parse_client_frame(&text) {
+                    Ok(f) => f,
                     Err(e) => {
-                        out.error(&Value::Null, err("INVALID_REQUEST", format!("invalid frame: {e}")));
+                        // Without a usable id the error goes out with `id: null`.
+                        let id = if let FrameError::NotRequest { id } = &e { id.clone() } else { Value::Null };
+                        out.error(&id, err("INVALID_REQUEST", format!("invalid frame: {e}")));
                         continue;
                     }
                 };
-                let id = frame.get("id").cloned().unwrap_or(Value::Null);
-                let method = frame.get("method").and_then(Value::as_str).unwrap_or("");
-                if frame.get("type").and_then(Value::as_str) != Some("req")
-                    || method.is_empty()
-                    || !(id.is_string() && id.as_str() != Some(""))
-                {
-                    out.error(
-                        &id,
-                        err("INVALID_REQUEST", "invalid frame: expected {type:\"req\", id, method, params}"),
-                    );
-                    continue;
-                }
                 if method == "connect" {
                     out.error(&id, err("INVALID_REQUEST", "already connected"));
                     continue;
                 }
-                let params = frame.get("params").cloned().unwrap_or_else(|| json!({}));
-                let req = dispatch::Request {
-                    id,
-                    method: method.to_string(),
-                    params,
-                    client: client.clone(),
-                    out: out.clone(),
-                };
+                let req = dispatch::Request { id, method, params, client: client.clone(), out: out.clone() };
                 // Requests run concurrently (at most MAX_INFLIGHT); responses carry their id.
                 let Ok(permit) = inflight.clone().acquire_owned().await else { break };
                 let st = state.clone();
