@@ -234,7 +234,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                 let handle = gateway.as_ref().map(|g| g.handle());
                 let result = match reload_file(&config_path, &current, why, handle) {
                     Ok(Some(mut next)) => {
-                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
                         if let Some(r) = &report {
                             tracing::info!(source = why, generation = r.generation, changed = ?r.changed, "config reloaded");
                         }
@@ -253,7 +253,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                     .and_then(|text| apply_text(&config_path, &current, text, base_hash));
                 match res {
                     Ok(mut next) => {
-                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
                         current = next;
                         let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
                     }
@@ -277,12 +277,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                 if let Some(mut next) = reloaded {
                     // A restart is where a new port or bind takes effect (unless the command
                     // line pinned them).
-                    if args.port.is_some() {
-                        next.config.gateway.port = current.config.gateway.port;
-                    }
-                    if args.bind.is_some() {
-                        next.config.gateway.bind = current.config.gateway.bind.clone();
-                    }
+                    pin_cli_listener(&mut next, &current, &args);
                     match rebind(&next.config, local_addr).await {
                         Ok(Some(listener)) => {
                             let new_local = listener.local_addr()?;
@@ -320,7 +315,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                 let res = apply_text(&config_path, &current, text, base_hash);
                 match res {
                     Ok(mut next) => {
-                        let report = apply(gateway.as_ref(), &control, &mut next, &current).await;
+                        let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
                         current = next;
                         let _ = reply.send(Ok(serde_json::json!({"ok": true, "hash": current.hash, "report": report})));
                     }
@@ -342,6 +337,17 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
     let _ = std::fs::remove_file(paths::address_file(&state));
     println!("pincer stopped");
     Ok(code)
+}
+
+/// `--port`/`--bind` given on the command line win over the file for the whole life of the
+/// process: copy the running values into a freshly loaded config.
+fn pin_cli_listener(next: &mut config_file::LoadedConfig, current: &config_file::LoadedConfig, args: &RunArgs) {
+    if args.port.is_some() {
+        next.config.gateway.port = current.config.gateway.port;
+    }
+    if args.bind.is_some() {
+        next.config.gateway.bind = current.config.gateway.bind.clone();
+    }
 }
 
 /// A new listener when `config`'s bind address or port differs from `current`; `None` when
@@ -367,7 +373,9 @@ async fn apply(
     control: &ControlState,
     next: &mut config_file::LoadedConfig,
     current: &config_file::LoadedConfig,
+    args: &RunArgs,
 ) -> Option<pincer_runtime::ReloadReport> {
+    pin_cli_listener(next, current, args);
     let mut pinned = Vec::new();
     if next.config.gateway.port != current.config.gateway.port {
         pinned.push("gateway.port".to_string());
