@@ -50,6 +50,10 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -71,6 +75,10 @@ pub struct Counters {
     pub runs_silent: Counter,
     /// Runs that failed or timed out.
     pub runs_failed: Counter,
+    /// Sum of the durations of finished runs (from the start of the provider call), in ms.
+    pub run_ms_total: Counter,
+    /// Runs counted in `run_ms_total`.
+    pub runs_timed: Counter,
     /// Outbox rows delivered.
     pub deliveries_sent: Counter,
     /// Outbox rows that failed for good.

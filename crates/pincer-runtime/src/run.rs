@@ -76,6 +76,8 @@ pub(crate) async fn execute(inner: Arc<Inner>, turn: Turn, history: Vec<ChatMess
         }
     }
     let now = now_ms();
+    inner.counters.run_ms_total.add(now.saturating_sub(started).max(0) as u64);
+    inner.counters.runs_timed.inc();
     match result {
         Ok(out) if pincer_agent::is_silent(&out.text) => {
             commit(&inner, &turn, Outcome::Silent, "NO_REPLY", None, Vec::new(), now).await;

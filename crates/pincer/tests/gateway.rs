@@ -158,6 +158,20 @@ async fn http_probes_metrics_and_webchat_page() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{}/v1/chat/completions", d.http_url()))
+        .bearer_auth(&d.token)
+        .json(&json!({"model": "pincer", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http.get(format!("{}/metrics", d.http_url())).send().await.unwrap().text().await.unwrap();
+    for line in
+        ["pincer_runs_ok_total 1", "pincer_run_duration_seconds_count 1", "pincer_outbox_rows{status=\"pending\"} 0"]
+    {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+    }
     d.stop().await;
 
     // Explicitly disabled: 404.

@@ -55,6 +55,12 @@ pub async fn metrics(State(state): State<ControlState>) -> Response {
     counter("pincer_runs_failed_total", "Agent runs that failed or timed out.", c.runs_failed.get());
     counter("pincer_deliveries_sent_total", "Outbox rows delivered.", c.deliveries_sent.get());
     counter("pincer_deliveries_failed_total", "Outbox rows failed for good.", c.deliveries_failed.get());
+    s.push_str(&format!(
+        "# HELP pincer_run_duration_seconds Agent run durations.\n# TYPE pincer_run_duration_seconds summary\n\
+         pincer_run_duration_seconds_sum {}\npincer_run_duration_seconds_count {}\n",
+        c.run_ms_total.get() as f64 / 1000.0,
+        c.runs_timed.get()
+    ));
     s.push_str("# HELP pincer_outbox_rows Outbox rows by status.\n# TYPE pincer_outbox_rows gauge\n");
     if let Some(v) = counts.and_then(|c| serde_json::to_value(c).ok()) {
         if let Some(obj) = v.as_object() {
