@@ -6,12 +6,15 @@
 //! - `ws-chat`: `chat.send` round trips over the control-plane WebSocket of a running gateway,
 //!   from the send to the run's `chat` final event;
 //! - `http-chat`: non-streaming `POST /v1/chat/completions` against a running gateway;
-//! - `idle-ws`: the running gateway's RSS with N authenticated idle WebSocket clients.
+//! - `idle-ws`: the running gateway's RSS with N authenticated idle WebSocket clients;
+//! - `matrix-latency`: a person's message to the bot's reply through a real Synapse (started
+//!   with `scripts/peers/synapse.sh`), and pincer's RSS with the Matrix account connected.
 //!
 //! Run `pincer-bench --help` or `pincer-bench <mode> --help` for the flags; `BENCHMARKS.md`
 //! has the commands and the figures.
 
 mod control;
+mod matrix;
 mod pipeline;
 mod stats;
 
@@ -42,6 +45,8 @@ enum Mode {
     HttpChat(control::HttpArgs),
     /// RSS of the gateway with N authenticated idle WebSocket clients connected.
     IdleWs(control::IdleArgs),
+    /// Matrix: latency from a person's message to the bot's reply (real Synapse, echo agent).
+    MatrixLatency(matrix::MatrixArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +57,6 @@ fn main() -> Result<()> {
         Some(Mode::WsChat(a)) => control::ws_chat(a),
         Some(Mode::HttpChat(a)) => control::http_chat(a),
         Some(Mode::IdleWs(a)) => control::idle_ws(a),
+        Some(Mode::MatrixLatency(a)) => matrix::matrix_latency(a),
     }
 }

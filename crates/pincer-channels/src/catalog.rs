@@ -51,7 +51,7 @@ pub struct Catalog {
 }
 
 /// Build the catalog of `config`. `env` looks up environment variables (the default account's
-/// fallbacks such as `DISCORD_BOT_TOKEN`, `MATTERMOST_BOT_TOKEN` and `MATTERMOST_URL`); `http`
+/// fallbacks such as `DISCORD_BOT_TOKEN`, `MATTERMOST_BOT_TOKEN`, `MATTERMOST_URL` and `MATRIX_*`); `http`
 /// is the shared HTTP client for channels that use reqwest (webhook, Mattermost). Never
 /// fails: per-account problems are collected.
 #[allow(unused_variables, unused_mut)]
@@ -92,6 +92,13 @@ pub fn build(config: &Config, env: &dyn Fn(&str) -> Option<String>, http: &reqwe
             Err(p) => out.problems.push(p),
         }
     }
+    #[cfg(feature = "channel-matrix")]
+    for spec in crate::matrix::build_accounts(config, env) {
+        match spec {
+            Ok(s) => out.accounts.push(s),
+            Err(p) => out.problems.push(p),
+        }
+    }
     out
 }
 
@@ -105,6 +112,8 @@ pub fn wake_policy(config: &Config, inbound: &Inbound) -> WakePolicy {
         "discord" => crate::discord::wake_policy(config, inbound),
         #[cfg(feature = "channel-mattermost")]
         "mattermost" => crate::mattermost::wake_policy(config, inbound),
+        #[cfg(feature = "channel-matrix")]
+        "matrix" => crate::matrix::wake_policy(config, inbound),
         _ => WakePolicy::default(),
     }
 }
@@ -119,6 +128,8 @@ pub fn reply_to_mode(config: &Config, channel: &ChannelId, account: &AccountId) 
         "discord" => crate::discord::reply_to_mode(config, account),
         #[cfg(feature = "channel-mattermost")]
         "mattermost" => crate::mattermost::reply_to_mode(config, account),
+        #[cfg(feature = "channel-matrix")]
+        "matrix" => crate::matrix::reply_to_mode(config, account),
         _ => ReplyToMode::Off,
     }
 }
@@ -136,7 +147,9 @@ pub fn reply_to_mode_for(config: &Config, inbound: &Inbound) -> ReplyToMode {
 
 /// True when a reply under `replyToMode` opens a thread under the inbound message (Mattermost:
 /// the reply's `root_id` is the post, and the conversation continues in that thread's session),
-/// rather than only referencing it (Discord's `message_reference`).
+/// rather than only referencing it (Discord's `message_reference`). Matrix is not one of them: its
+/// `replyToMode` adds an `m.in_reply_to` reference, and `threadReplies` (applied by the adapter,
+/// which sets the inbound message's thread) decides where replies go.
 pub fn replies_open_threads(channel: &ChannelId) -> bool {
     matches!(channel.as_str(), "mattermost")
 }

@@ -15,6 +15,8 @@ pub mod discord;
 pub mod lifecycle;
 #[cfg(feature = "channel-mattermost")]
 pub mod mattermost;
+#[cfg(feature = "channel-matrix")]
+pub mod matrix;
 pub mod outbound;
 #[cfg(feature = "channel-webhook")]
 pub mod webhook;

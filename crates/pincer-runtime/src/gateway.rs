@@ -5,6 +5,7 @@
 use crate::channels::{AccountChange, ChannelSupervisor, LifecyclePolicy, ResumeStore};
 use crate::events::{EventBus, EventScope};
 use crate::methods::MethodTable;
+use crate::plugins::{PluginChange, PluginHost};
 use crate::runs::{RunInfo, RunRegistry, RunStatus};
 use crate::session::{ReplyTo, SessionHandle, SessionMsg, Turn};
 use crate::snapshot::Snapshot;
@@ -213,6 +214,10 @@ pub struct ReloadReport {
     /// What happened to each channel account (`kept`, `restarted`, `started`, `stopped`,
     /// `failed`).
     pub channels: Vec<AccountChange>,
+    /// What happened to each plugin when `plugins.*` changed (`kept`, `started`,
+    /// `restarting`, `stopped`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginChange>,
 }
 
 /// Options for [`Gateway::start`].
@@ -234,8 +239,8 @@ pub struct GatewayOptions {
     /// Start the delivery worker (tests and benchmarks may turn it off).
     pub deliver: bool,
     /// Connect the configured channel accounts with these lifecycle timings (tests shorten
-    /// them). `None`: no channel account is connected (the CLI's in-process fallback,
-    /// benchmarks), though outbound senders still exist.
+    /// them). `None`: no channel account is connected and no plugin is started (the CLI's
+    /// in-process fallback, benchmarks), though outbound senders still exist.
     pub channels: Option<LifecyclePolicy>,
 }
 
@@ -257,7 +262,8 @@ pub struct Inner {
     permits_total: AtomicU64,
     pub(crate) delivery_wake: Notify,
     pub(crate) counters: Counters,
-    methods: ArcSwap<MethodTable>,
+    /// Plugin processes and the method table (core + plugin methods).
+    plugins: PluginHost,
     http: reqwest::Client,
     started: Instant,
     started_at_ms: i64,
@@ -295,6 +301,26 @@ impl pincer_channels::InboundSink for Ingress {
                     Ok(())
                 }
             }
+        })
+    }
+}
+
+/// What plugins may ask of the gateway: events to read-scoped clients, sends through the
+/// outbox. Holds no state of its own.
+struct PluginServices(Weak<Inner>);
+
+impl crate::plugins::Services for PluginServices {
+    fn emit(&self, event: &str, payload: Value) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.events.emit(event, payload, EventScope::Read);
+        }
+    }
+
+    fn send(&self, req: SendRequest) -> crate::plugins::BoxFuture<'static, Result<i64, RuntimeError>> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let inner = inner.ok_or(RuntimeError::ShuttingDown)?;
+            GatewayHandle { inner }.send(req).await.map(|(id, _)| id)
         })
     }
 }
@@ -374,12 +400,14 @@ impl Gateway {
             .map_err(|e| RuntimeError::Invalid(format!("cannot build HTTP client: {e}")))?;
         let max = opts.config.agents.defaults.max_concurrent.max(1) as usize;
         let catalog = catalog_for(&opts.config, &http);
+        let plugins_config = opts.config.plugins.clone();
         let snapshot = Snapshot::build(opts.config, opts.config_hash, 1, http.clone(), &catalog);
         let storage_sup = Supervisor::new();
         let (writer, writer_task) = StoreWriter::spawn(opts.store.clone(), &storage_sup);
         let sup = Supervisor::new();
         let resume: Arc<dyn ResumeStore> = Arc::new(KvResume(opts.store.clone()));
         let connect_channels = opts.channels.is_some();
+        let plugin_sup = sup.clone();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             channels: Arc::new(ChannelSupervisor::new(
                 sup.clone(),
@@ -404,7 +432,13 @@ impl Gateway {
             permits_total: AtomicU64::new(max as u64),
             delivery_wake: Notify::new(),
             counters: Counters::default(),
-            methods: ArcSwap::from_pointee(MethodTable::core(1)),
+            plugins: PluginHost::new(
+                plugin_sup,
+                Arc::new(PluginServices(weak.clone())),
+                opts.version.clone(),
+                crate::plugins::Roots::new(&opts.state_dir, opts.config_path.as_deref()),
+                connect_channels,
+            ),
             http,
             started: Instant::now(),
             started_at_ms: now_ms(),
@@ -423,6 +457,8 @@ impl Gateway {
             inner.sup.spawn("delivery-worker", crate::delivery::run(i2));
         }
         inner.sup.spawn("maintenance", maintenance(inner.clone()));
+        // Plugins initialize in the background: one that hangs delays nothing else.
+        inner.plugins.apply(&plugins_config);
         if connect_channels {
             let changes = inner.channels.apply(&catalog, || {}).await;
             for c in &changes {
@@ -477,6 +513,8 @@ impl Gateway {
         inner.events.emit("shutdown", json!({"reason": "gateway stopping"}), EventScope::All);
         // Channel accounts first: each closes its connection (bounded per account).
         let channels = inner.channels.stop_all().await;
+        // Plugins next, in order (shutdown, wait, kill, reap), while their tasks still run.
+        inner.plugins.shutdown().await;
         let outcome = inner.sup.shutdown(deadline).await;
         let outcome = if channels == StopOutcome::Forced { StopOutcome::Forced } else { outcome };
         // Everything that writes has stopped: flush the writer last.
@@ -504,9 +542,19 @@ impl GatewayHandle {
         &self.inner.events
     }
 
-    /// The current method table.
+    /// The current method table (core + plugin methods), read per request.
     pub fn methods(&self) -> Arc<MethodTable> {
-        self.inner.methods.load_full()
+        self.inner.plugins.table()
+    }
+
+    /// The plugin host (readiness after a restart).
+    pub fn plugins(&self) -> &PluginHost {
+        &self.inner.plugins
+    }
+
+    /// `plugins.list` payload, from the current method table.
+    pub fn plugins_list(&self) -> Value {
+        self.methods().plugins.list()
     }
 
     /// The store.
@@ -1002,6 +1050,9 @@ impl GatewayHandle {
             .collect();
         let want = config.agents.defaults.max_concurrent.max(1) as u64;
         let generation = old.generation + 1;
+        let plugins_changed =
+            changed.iter().any(|p| p == "plugins" || p.starts_with("plugins.") || p.starts_with("plugins["));
+        let plugins_config = config.plugins.clone();
         let catalog = catalog_for(&config, &self.inner.http);
         let snap = Arc::new(Snapshot::build(config, hash, generation, self.inner.http.clone(), &catalog));
         let channels = if self.inner.connect_channels {
@@ -1013,9 +1064,12 @@ impl GatewayHandle {
         for c in channels.iter().filter(|c| c.action != "kept") {
             tracing::info!(channel = %c.channel, account = %c.account_id, action = c.action, error = ?c.error, "channel account reloaded");
         }
+        // A new plugin generation only when `plugins.*` changed: other reloads keep the
+        // plugin processes.
+        let plugins = if plugins_changed { self.inner.plugins.apply(&plugins_config) } else { Vec::new() };
         self.resize_permits(want);
         *lock(&self.inner.warnings) = warnings;
-        let report = ReloadReport { generation, changed, restart_required, applied_at: now_ms(), channels };
+        let report = ReloadReport { generation, changed, restart_required, applied_at: now_ms(), channels, plugins };
         tracing::info!(generation, changed = report.changed.len(), restart_required = ?report.restart_required, "config applied");
         *lock(&self.inner.last_reload) = Some(report.clone());
         *lock(&self.inner.last_reload_error) = None;
@@ -1070,6 +1124,7 @@ impl GatewayHandle {
             "channelOrder": order,
             "channelLabels": {},
             "deliveryQueues": {"failed": failed},
+            "plugins": self.methods().plugins.health(),
         })
     }
 
@@ -1105,6 +1160,7 @@ impl GatewayHandle {
             "outbox": counts,
             "failedDeliveries": failed,
             "channels": self.channels_status(),
+            "plugins": self.methods().plugins.status(),
             "tasks": self.inner.sup.task_count(),
         })
     }

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod events;
 pub mod gateway;
 pub mod methods;
+pub mod plugins;
 mod run;
 pub mod runs;
 pub mod session;

@@ -77,6 +77,9 @@ pub enum Command {
     /// DM pairing: list pending codes, approve a sender.
     #[command(subcommand)]
     Pairing(PairingCmd),
+    /// Out-of-process plugins of the running gateway.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
     /// Read, edit and validate the config file.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -250,6 +253,14 @@ pub enum PairingCmd {
     },
 }
 
+/// `plugins ...`.
+#[derive(Subcommand, Debug)]
+pub enum PluginsCmd {
+    /// Every plugin found: state, generation, pid, methods, and the error and stderr tail of
+    /// a plugin that failed.
+    List(JsonFlag),
+}
+
 /// `channels ...`.
 #[derive(Subcommand, Debug)]
 pub enum ChannelsCmd {
@@ -400,7 +411,10 @@ pub async fn run(cli: Cli) -> u8 {
             call_print(&conn, "channels.stop", json!({"channel": channel, "accountId": account}), true, print_json)
                 .await
         }
-        Command::Config(cmd) => config_cmd(cmd, &config_path),
+        Command::Plugins(PluginsCmd::List(f)) => {
+            call_print(&conn, "plugins.list", json!({}), f.json, client::print_plugins).await
+        }
+        Command::Config(cmd) => config_cmd(cmd, &config_path, &state),
         Command::Doctor => doctor::run(&state, &config_path).await,
     };
     match result {
@@ -440,7 +454,7 @@ async fn call_print(
     }
 }
 
-fn config_cmd(cmd: ConfigCmd, path: &std::path::Path) -> anyhow::Result<u8> {
+fn config_cmd(cmd: ConfigCmd, path: &std::path::Path, state: &std::path::Path) -> anyhow::Result<u8> {
     use pincer_core::config as cfg;
     match cmd {
         ConfigCmd::File => {
@@ -451,7 +465,8 @@ fn config_cmd(cmd: ConfigCmd, path: &std::path::Path) -> anyhow::Result<u8> {
             print_json(&cfg::json_schema());
             Ok(0)
         }
-        ConfigCmd::Validate => match config_file::load(path) {
+        // Plugin configs are checked against their manifests' schemas too.
+        ConfigCmd::Validate => match daemon::load_checked(path, state) {
             Ok(l) => {
                 for w in &l.warnings {
                     eprintln!("warning: {w}");

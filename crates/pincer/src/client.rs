@@ -287,6 +287,16 @@ pub fn print_status(v: &Value) {
     for r in v["channels"].as_array().into_iter().flatten() {
         println!("  channel:    {}", channel_line(r));
     }
+    for p in v["plugins"]["plugins"].as_array().into_iter().flatten() {
+        let mut line = format!("{} {}", p["pluginId"].as_str().unwrap_or("?"), p["status"].as_str().unwrap_or("?"));
+        if let Some(n) = p["methods"].as_array().map(Vec::len) {
+            line.push_str(&format!(", {n} method(s)"));
+        }
+        if let Some(e) = p["lastError"].as_str().or(p["reason"].as_str()) {
+            line.push_str(&format!(": {e}"));
+        }
+        println!("  plugin:     {line}");
+    }
     println!("  outbox:     {}", v["outbox"]);
     for f in v["failedDeliveries"].as_array().into_iter().flatten() {
         println!(
@@ -297,6 +307,59 @@ pub fn print_status(v: &Value) {
             f["to"].as_str().unwrap_or(""),
             f["error"].as_str().unwrap_or("")
         );
+    }
+}
+
+/// Human output of `plugins.list`: one line per plugin, its methods, and for a plugin that
+/// failed its error and stderr tail.
+pub fn print_plugins(v: &Value) {
+    let diags = v["diagnostics"].as_array().cloned().unwrap_or_default();
+    let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
+    if plugins.is_empty() && diags.is_empty() {
+        println!("no plugins found");
+        return;
+    }
+    for p in &plugins {
+        let id = p["id"].as_str().unwrap_or("?");
+        let Some(d) = diags.iter().find(|d| d["pluginId"] == id && d["retiring"] != true) else { continue };
+        let status = d["status"].as_str().unwrap_or("?");
+        let mut line = format!("{id:<24} {status:<14}");
+        if let Some(v) = p["version"].as_str() {
+            line.push_str(&format!(" v{v}"));
+        }
+        if let Some(g) = d["generation"].as_u64() {
+            line.push_str(&format!(" gen {g}"));
+        }
+        if let Some(pid) = d["pid"].as_u64() {
+            line.push_str(&format!(" pid {pid}"));
+        }
+        if let Some(r) = d["reason"].as_str() {
+            line.push_str(&format!(" ({r})"));
+        }
+        println!("{line}");
+        let methods: Vec<String> = d["methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} [{}]", m["name"].as_str().unwrap_or("?"), m["scope"].as_str().unwrap_or("?")))
+            .collect();
+        if !methods.is_empty() {
+            println!("    methods: {}", methods.join(", "));
+        }
+        if let Some(next) = d.get("pending").filter(|n| n.is_object()) {
+            println!("    next generation {}: {}", next["generation"], next["status"].as_str().unwrap_or("?"));
+        }
+        if matches!(status, "failed" | "gave-up" | "backoff") {
+            if let Some(e) = d["lastError"].as_str() {
+                println!("    error: {e}");
+            }
+            for l in d["stderrTail"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                println!("    stderr | {l}");
+            }
+        }
+    }
+    for d in diags.iter().filter(|d| d["status"] == "invalid") {
+        println!("invalid plugin at {}: {}", d["dir"].as_str().unwrap_or("?"), d["message"].as_str().unwrap_or("?"));
     }
 }
 

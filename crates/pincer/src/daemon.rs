@@ -22,6 +22,10 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an in-process restart waits for runs in flight before interrupting them (they run
 /// again in the fresh runtime).
 pub const RESTART_DRAIN: Duration = Duration::from_secs(30);
+/// After an in-process restart, clients are let in once the plugins that were ready before
+/// are ready again (or failed), waiting at most this long, so that their methods are never
+/// missing from a fresh connection. Plugins that were not ready are not waited for.
+pub const PLUGIN_RESTART_WAIT: Duration = Duration::from_secs(10);
 
 /// Inputs of the control loop.
 pub enum ControlInput {
@@ -78,8 +82,36 @@ pub fn resolve_token(config: &Config, state: &Path) -> Result<(String, bool)> {
     Ok((token, true))
 }
 
-fn load_or_report(path: &Path) -> Result<config_file::LoadedConfig, u8> {
-    match config_file::load(path) {
+/// Check the plugin part of a config (each enabled plugin's config against its manifest's
+/// schema). Returns the warnings to add, or the errors, reported like any config error.
+fn check_plugins(
+    config: &Config,
+    state: &Path,
+    config_path: Option<&Path>,
+) -> Result<Vec<pincer_core::config::ConfigWarning>, pincer_core::config::ConfigErrors> {
+    let roots = pincer_runtime::plugins::Roots::new(state, config_path);
+    let (errors, warnings) = pincer_runtime::plugins::validate(config, &roots);
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(pincer_core::config::ConfigErrors(errors))
+    }
+}
+
+/// [`config_file::load`] plus [`check_plugins`].
+pub(crate) fn load_checked(path: &Path, state: &Path) -> Result<config_file::LoadedConfig, LoadError> {
+    let mut loaded = config_file::load(path)?;
+    match check_plugins(&loaded.config, state, loaded.path.as_deref()) {
+        Ok(w) => {
+            loaded.warnings.extend(w.iter().map(|w| w.to_string()));
+            Ok(loaded)
+        }
+        Err(errs) => Err(LoadError::Invalid(path.to_path_buf(), errs)),
+    }
+}
+
+fn load_or_report(path: &Path, state: &Path) -> Result<config_file::LoadedConfig, u8> {
+    match load_checked(path, state) {
         Ok(l) => Ok(l),
         Err(e @ LoadError::Invalid(..)) => {
             eprint!("{e}");
@@ -119,7 +151,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             return Ok(1);
         }
     };
-    let mut loaded = match load_or_report(&config_path) {
+    let mut loaded = match load_or_report(&config_path, &state) {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
@@ -232,7 +264,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             }
             ControlInput::Reload(why, reply) => {
                 let handle = gateway.as_ref().map(|g| g.handle());
-                let result = match reload_file(&config_path, &current, why, handle) {
+                let result = match reload_file(&config_path, &state, &current, why, handle) {
                     Ok(Some(mut next)) => {
                         let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
                         if let Some(r) = &report {
@@ -250,7 +282,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             }
             ControlInput::Patch { patch, base_hash, reply } => {
                 let res = patched_text(&config_path, &patch)
-                    .and_then(|text| apply_text(&config_path, &current, text, base_hash));
+                    .and_then(|text| apply_text(&config_path, &state, &current, text, base_hash));
                 match res {
                     Ok(mut next) => {
                         let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
@@ -264,14 +296,14 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
             }
             ControlInput::Restart(why, reply) => {
                 tracing::info!(source = why, "in-process restart: draining the runtime");
-                let reloaded = reload_file(&config_path, &current, why, gateway.as_ref().map(|g| g.handle()));
+                let reloaded = reload_file(&config_path, &state, &current, why, gateway.as_ref().map(|g| g.handle()));
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(serde_json::json!({"ok": true, "restarting": true})));
                 }
                 // An unchanged file is loaded again too: a port or bind change that an earlier
                 // reload pinned to the running listener takes effect now.
                 let reloaded = match reloaded {
-                    Ok(None) => config_file::load(&config_path).ok(),
+                    Ok(None) => load_checked(&config_path, &state).ok(),
                     other => other.ok().flatten(),
                 };
                 if let Some(mut next) = reloaded {
@@ -300,6 +332,7 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                     }
                     current = next;
                 }
+                let plugins_ready = gateway.as_ref().map(|g| g.handle().plugins().ready_ids()).unwrap_or_default();
                 control.restarting();
                 if let Some(g) = gateway.take() {
                     g.drain(RESTART_DRAIN).await;
@@ -307,12 +340,17 @@ pub async fn run(state: PathBuf, config_path: PathBuf, args: RunArgs) -> Result<
                     tracing::info!(?outcome, "old runtime stopped");
                 }
                 let g = start_gateway(&state, store.clone(), &current).await?;
+                // Every plugin starts a fresh generation; hold clients until the ones that
+                // were serving serve again, so no fresh connection misses their methods.
+                if !g.handle().plugins().wait_settled(&plugins_ready, PLUGIN_RESTART_WAIT).await {
+                    tracing::warn!(plugins = ?plugins_ready, "plugins still initializing after the restart; letting clients in");
+                }
                 control.replace_gateway(g.handle(), current.config.gateway.clone());
                 tracing::info!("in-process restart done: fresh runtime running");
                 gateway = Some(g);
             }
             ControlInput::Apply { text, base_hash, reply } => {
-                let res = apply_text(&config_path, &current, text, base_hash);
+                let res = apply_text(&config_path, &state, &current, text, base_hash);
                 match res {
                     Ok(mut next) => {
                         let report = apply(gateway.as_ref(), &control, &mut next, &current, &args).await;
@@ -406,16 +444,29 @@ async fn apply(
 /// for `status`, keep the running config, and return the error text.
 fn reload_file(
     path: &Path,
+    state: &Path,
     current: &config_file::LoadedConfig,
     why: &str,
     handle: Option<pincer_runtime::GatewayHandle>,
 ) -> Result<Option<config_file::LoadedConfig>, String> {
-    match config_file::load(path) {
-        Ok(next) => {
-            if next.hash == current.hash && !next.hash.is_empty() {
-                tracing::debug!(source = why, "config unchanged");
-                return Ok(None);
+    let loaded = config_file::load(path).and_then(|mut next| {
+        if next.hash == current.hash && !next.hash.is_empty() {
+            return Ok(None);
+        }
+        match check_plugins(&next.config, state, next.path.as_deref()) {
+            Ok(w) => {
+                next.warnings.extend(w.iter().map(|w| w.to_string()));
+                Ok(Some(next))
             }
+            Err(errs) => Err(LoadError::Invalid(path.to_path_buf(), errs)),
+        }
+    });
+    match loaded {
+        Ok(None) => {
+            tracing::debug!(source = why, "config unchanged");
+            Ok(None)
+        }
+        Ok(Some(next)) => {
             for w in &next.warnings {
                 tracing::warn!("config: {w}");
             }
@@ -445,6 +496,7 @@ fn patched_text(path: &Path, patch: &serde_json::Value) -> Result<String, serde_
 
 fn apply_text(
     path: &Path,
+    state: &Path,
     current: &config_file::LoadedConfig,
     text: String,
     base_hash: Option<String>,
@@ -457,10 +509,13 @@ fn apply_text(
             );
         }
     }
-    let loaded = config_file::parse_text(&text).map_err(|errs| {
+    let invalid = |errs: pincer_core::config::ConfigErrors| {
         serde_json::json!({"code": "INVALID_REQUEST", "message": format!("invalid config ({} problems)", errs.0.len()),
             "details": {"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}})
-    })?;
+    };
+    let mut loaded = config_file::parse_text(&text).map_err(invalid)?;
+    let warnings = check_plugins(&loaded.config, state, Some(path)).map_err(invalid)?;
+    loaded.warnings.extend(warnings);
     paths::write_atomic(path, text.as_bytes())
         .map_err(|e| serde_json::json!({"code": "UNAVAILABLE", "message": format!("cannot write config: {e}")}))?;
     Ok(config_file::LoadedConfig::from_parsed(loaded, path))

@@ -614,6 +614,9 @@ pub struct ChannelsConfig {
     /// `channels.mattermost`: Mattermost bot accounts (WebSocket events + REST API v4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mattermost: Option<super::mattermost::MattermostChannelConfig>,
+    /// `channels.matrix`: Matrix bot accounts (client-server API: `/sync` + room `send`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<super::matrix::MatrixChannelConfig>,
     /// Channel sections this build does not know yet, kept verbatim (validation warns).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -739,6 +742,14 @@ pub struct PluginEntryConfig {
     /// Plugin config, validated against the manifest's `configSchema`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// pincer extension: how long an `invoke` of this plugin may take, in ms (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub invoke_timeout_ms: Option<u64>,
+    /// pincer extension: how long `initialize` may take, in ms (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub initialize_timeout_ms: Option<u64>,
 }
 
 /// `outbox` (pincer extension): retry policy of the durable delivery worker.

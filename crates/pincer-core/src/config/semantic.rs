@@ -81,6 +81,7 @@ pub(crate) fn check(cfg: &Config, errors: &mut Vec<ConfigError>, warnings: &mut 
     check_webhook(cfg, &mut r);
     check_discord(cfg, &mut r);
     check_mattermost(cfg, &mut r);
+    check_matrix(cfg, &mut r);
 
     let main_key = &cfg.session.main_key;
     if main_key.trim().is_empty() || main_key.contains(':') {
@@ -423,6 +424,76 @@ fn check_mattermost(cfg: &Config, r: &mut Report) {
         if m.enabled != Some(false) && a.enabled.or(m.enabled) != Some(false) {
             let allow = a.allow_from.as_ref().or(m.allow_from.as_ref());
             open_needs_star(format!("{at}.allowFrom"), a.dm_policy.or(m.dm_policy), allow, r);
+        }
+    }
+}
+
+/// `channels.matrix`: `homeserver` must be http(s), `userId` must look like `@localpart:server`,
+/// `textChunkLimit` 1-8000, `syncTimeoutMs` at least 1, and OpenClaw's rule that `dm.policy:
+/// "open"` needs `"*"` in `dm.allowFrom`, for the base section and every account (an account
+/// inherits the base values it does not set; `dm` is merged key by key). `encryption: true` is
+/// accepted with a warning: there is no crypto store, so encrypted rooms are not readable.
+fn check_matrix(cfg: &Config, r: &mut Report) {
+    use super::matrix::{
+        matrix_homeserver_is_valid, matrix_user_id_is_valid, normalize_matrix_homeserver, MatrixAccountConfig,
+        MATRIX_MAX_TEXT_CHUNK_LIMIT,
+    };
+    use super::model::DmPolicy;
+    let Some(m) = &cfg.channels.matrix else {
+        return;
+    };
+    let check_keys = |base: &str, a: &MatrixAccountConfig, r: &mut Report| {
+        if let Some(u) = &a.homeserver {
+            if !matrix_homeserver_is_valid(&normalize_matrix_homeserver(u)) {
+                r.error(format!("{base}.homeserver"), format!("expected an http:// or https:// URL, got \"{u}\""));
+            }
+        }
+        if let Some(u) = a.user_id.as_deref().map(str::trim).filter(|u| !u.is_empty() && !u.starts_with("${")) {
+            if !matrix_user_id_is_valid(u) {
+                r.error(format!("{base}.userId"), format!("expected a Matrix user id like @bot:example.org, got \"{u}\""));
+            }
+        }
+        if let Some(n) = a.text_chunk_limit {
+            if n == 0 || n > MATRIX_MAX_TEXT_CHUNK_LIMIT {
+                r.error(
+                    format!("{base}.textChunkLimit"),
+                    format!(
+                        "expected an integer 1-{MATRIX_MAX_TEXT_CHUNK_LIMIT} (a Matrix event holds at most 64 KiB), got {n}"
+                    ),
+                );
+            }
+        }
+        if a.sync_timeout_ms == Some(0) {
+            r.error(format!("{base}.syncTimeoutMs"), AT_LEAST_ONE);
+        }
+        if a.encryption == Some(true) {
+            r.warn(
+                format!("{base}.encryption"),
+                "end-to-end encryption is not supported by pincer (no crypto store); \
+                 messages in encrypted rooms are skipped with reason encrypted_unsupported",
+            );
+        }
+    };
+    let open_needs_star = |path: String, policy: Option<DmPolicy>, allow: Option<&Vec<String>>, r: &mut Report| {
+        if policy == Some(DmPolicy::Open) && !allow.is_some_and(|a| a.iter().any(|i| i.trim() == "*")) {
+            r.error(path, "dm.policy \"open\" requires dm.allowFrom to include \"*\"");
+        }
+    };
+    let base = "channels.matrix";
+    let base_dm = m.dm.as_ref();
+    check_keys(base, &m.base_as_account(), r);
+    if m.accounts.is_empty() && m.enabled != Some(false) {
+        let allow = base_dm.and_then(|d| d.allow_from.as_ref());
+        open_needs_star(format!("{base}.dm.allowFrom"), base_dm.and_then(|d| d.policy), allow, r);
+    }
+    for (id, a) in &m.accounts {
+        let at = join(&[key("channels"), key("matrix"), key("accounts"), key(id)], &[]);
+        check_keys(&at, a, r);
+        if m.enabled != Some(false) && a.enabled.or(m.enabled) != Some(false) {
+            let own = a.dm.as_ref();
+            let policy = own.and_then(|d| d.policy).or(base_dm.and_then(|d| d.policy));
+            let allow = own.and_then(|d| d.allow_from.as_ref()).or(base_dm.and_then(|d| d.allow_from.as_ref()));
+            open_needs_star(format!("{at}.dm.allowFrom"), policy, allow, r);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Method dispatch: look the method up in the *current* method table, check the scope, run
-//! the core handler. Unknown methods get `INVALID_REQUEST` `unknown method: <name>`.
+//! the core handler or invoke the plugin instance the table names. Unknown methods get
+//! `INVALID_REQUEST` `unknown method: <name>`.
 
 use super::ws::{err, Client, Responder};
 use super::ControlState;
@@ -54,8 +55,16 @@ pub async fn handle(state: ControlState, req: Request) {
         );
         return;
     }
-    if let Handler::Plugin { plugin } = &spec.handler {
-        req.out.error(&req.id, json!({"code": "UNAVAILABLE", "message": format!("plugin {plugin} is not running")}));
+    if let Handler::Plugin { target, .. } = &spec.handler {
+        // The instance comes from the same snapshot as the name: if a newer generation is
+        // published meanwhile, this call still finishes on the one it started with.
+        let target = target.clone();
+        drop(table);
+        let client = json!({"connId": req.client.conn_id, "role": req.client.role, "scopes": req.client.scopes});
+        match target.0.invoke(&req.method, req.params, client).await {
+            Ok(payload) => req.out.ok(&req.id, payload),
+            Err(error) => req.out.error(&req.id, error),
+        }
         return;
     }
     drop(table);
@@ -114,6 +123,7 @@ pub async fn handle(state: ControlState, req: Request) {
                 Err(message) => out.error(id, json!({"code": "INVALID_REQUEST", "message": message})),
             }
         }
+        "plugins.list" => out.ok(id, gw.plugins_list()),
         "models.list" => {
             let snap = gw.snapshot();
             let models: Vec<Value> = snap

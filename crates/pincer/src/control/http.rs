@@ -240,7 +240,11 @@ pub async fn chat_completions(
         .unwrap_or_else(|| format!("openai:{}", pincer_runtime::gateway::new_run_id()));
     let gw = state.gateway();
     let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
-    let mut events = gw.events().subscribe();
+    // Only a streaming answer reads the run's events; it subscribes before the submit so the
+    // first delta cannot be missed. A non-streaming request does not subscribe: a live
+    // receiver makes every run build and broadcast its event payloads, and dropping it walks
+    // every event sent in the meantime.
+    let events = stream.then(|| gw.events().subscribe());
     let submitted = match gw
         .submit(SubmitTurn {
             session_key: Some(session),
@@ -259,7 +263,7 @@ pub async fn chat_completions(
     let run_id = submitted.run_id.clone();
     let created = pincer_runtime::now_ms() / 1000;
     let id = format!("chatcmpl-{run_id}");
-    if !stream {
+    let Some(mut events) = events else {
         let info = gw.wait_run(&run_id, Duration::from_secs(48 * 3600)).await;
         return match info {
             Some(i) if i.status == pincer_runtime::runs::RunStatus::Ok || i.status == pincer_runtime::runs::RunStatus::Silent => Json(json!({
@@ -271,7 +275,7 @@ pub async fn chat_completions(
             Some(i) => openai_error(StatusCode::BAD_GATEWAY, "server_error", i.error.as_deref().unwrap_or("agent run failed")),
             None => openai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "run disappeared"),
         };
-    }
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(64);
     let model = model.to_string();
     gw.supervisor().spawn("openai-stream", async move {

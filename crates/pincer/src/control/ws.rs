@@ -131,7 +131,8 @@ async fn connection(state: ControlState, mut socket: WebSocket, ip: Option<std::
         "type": "hello-ok",
         "protocol": PROTOCOL_VERSION,
         "server": {"version": gw.version(), "connId": client.conn_id},
-        "features": {"methods": methods.names(), "events": ["connect.challenge", "chat", "agent", "tick", "health", "shutdown"]},
+        // Both read from the one table that dispatch uses.
+        "features": {"methods": methods.names(), "events": methods.event_names()},
         "snapshot": {"presence": [], "health": gw.health(), "stateVersion": {"presence": 0, "health": 0}, "uptimeMs": gw.uptime_ms(),
                      // `null`, not "", without a config file (the schema wants a non-empty hash or null).
                      "appliedConfigHash": Some(gw.snapshot().hash.clone()).filter(|h| !h.is_empty())},
