@@ -139,7 +139,7 @@ trait Worker: Send + 'static {
     fn request(&self, conn: &mut Self::Conn, n: u64) -> impl std::future::Future<Output = Result<Duration>> + Send;
 }
 
-/// What the gateway did during a run: CPU time and RSS after.
+/// The gateway's CPU time when the clock starts (RSS is read at the end).
 struct GatewayReading {
     cpu: Option<Duration>,
 }

@@ -13,10 +13,10 @@ pub mod catalog;
 #[cfg(feature = "channel-discord")]
 pub mod discord;
 pub mod lifecycle;
-#[cfg(feature = "channel-mattermost")]
-pub mod mattermost;
 #[cfg(feature = "channel-matrix")]
 pub mod matrix;
+#[cfg(feature = "channel-mattermost")]
+pub mod mattermost;
 pub mod outbound;
 #[cfg(feature = "channel-webhook")]
 pub mod webhook;

@@ -1221,11 +1221,11 @@ impl Connection<'_> {
                 }
             }
         }
-        self.publish_room_details().await;
+        self.publish_room_details();
         Flow::Continue
     }
 
-    async fn publish_room_details(&self) {
+    fn publish_room_details(&self) {
         let client = &self.session.client;
         let joined = client.joined_rooms();
         let encrypted = joined.iter().filter(|r| r.encryption_state().is_encrypted()).count();

@@ -677,7 +677,11 @@ async fn after_a_restart_messages_sent_while_down_are_answered_once_and_nothing_
 #[tokio::test]
 async fn more_messages_while_down_than_one_sync_batch_holds_are_all_answered_once() {
     let mut w = world().await;
-    let d = w.start(&w.config(json!({}))).await;
+    let mut cfg = w.config(json!({}));
+    // One session gets all of them at once: let its queue hold them (the default cap of 20
+    // drops the oldest, by design).
+    cfg["messages"] = json!({"queue": {"cap": 1000}});
+    let d = w.start(&cfg).await;
     let room = w.room_with_bot("backlog").await;
     w.finish(d).await;
 

@@ -450,7 +450,10 @@ fn check_matrix(cfg: &Config, r: &mut Report) {
         }
         if let Some(u) = a.user_id.as_deref().map(str::trim).filter(|u| !u.is_empty() && !u.starts_with("${")) {
             if !matrix_user_id_is_valid(u) {
-                r.error(format!("{base}.userId"), format!("expected a Matrix user id like @bot:example.org, got \"{u}\""));
+                r.error(
+                    format!("{base}.userId"),
+                    format!("expected a Matrix user id like @bot:example.org, got \"{u}\""),
+                );
             }
         }
         if let Some(n) = a.text_chunk_limit {

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Socket read size of a connection (4 KiB). tungstenite's default (128 KiB) is zero-filled on
+/// the first read, so every connection, idle or not, would keep 128 KiB resident; larger frames
+/// still arrive whole (the buffer grows to the frame), in reads of this size.
+pub const READ_BUFFER: usize = 4 * 1024;
 /// Handshake timeout.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Post-handshake max frame (25 MiB, `policy.maxPayload`).
@@ -30,7 +34,10 @@ const SCOPES: &[&str] = &["operator.read", "operator.write", "operator.admin"];
 
 /// Accept a WebSocket upgrade from `ip` (used to rate-limit failed authentications).
 pub(super) fn upgrade(state: ControlState, up: WebSocketUpgrade, ip: Option<std::net::IpAddr>) -> Response {
-    up.max_message_size(MAX_PAYLOAD).max_frame_size(MAX_PAYLOAD).on_upgrade(move |socket| connection(state, socket, ip))
+    up.max_message_size(MAX_PAYLOAD)
+        .max_frame_size(MAX_PAYLOAD)
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| connection(state, socket, ip))
 }
 
 /// An error object `{code, message, details?}`.
