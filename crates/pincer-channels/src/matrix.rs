@@ -27,9 +27,13 @@
 //! 3. Then long-polls of `syncTimeoutMs` (default 30 s) from the stored token. After each batch
 //!    has been handled (every message accepted by the runtime's sink) the resume state saves the
 //!    batch's `next_batch`, so a restart resumes where the last handled batch ended: nothing is
-//!    replayed that was handled, nothing is skipped that was not. A room whose timeline comes
-//!    back `limited` (more events than the filter's 100) is backfilled with `/messages` from the
-//!    gap up to the previous token (at most [`BACKFILL_MAX`] events per room).
+//!    replayed that was handled, nothing is skipped that was not. (The supervisor writes the
+//!    resume state to the store when the attempt ends; after a crash the next process resumes
+//!    from the token its previous attempt started with, and the runtime's dedupe ledger drops
+//!    what is handed over twice.) A room whose timeline comes back `limited` (more events than
+//!    the filter's 100) is backfilled with `/messages` from the gap up to the previous token (at
+//!    most [`BACKFILL_MAX`] events per room). A stored token the server refuses (HTTP 400, e.g.
+//!    after its database was reset) is dropped, and the next attempt starts from now.
 //! 4. Liveness: each `/sync` request is a heartbeat (sent when issued, acknowledged when it
 //!    answers; interval = the long-poll timeout plus [`REQUEST_SLACK`]). A request that fails
 //!    (connection refused, reset, timeout, 5xx) ends the attempt with [`RunError::Retryable`];
@@ -43,8 +47,12 @@
 //! Invites are accepted per `autoJoin` (`off` by default; `allowlist` matches the room id, its
 //! canonical or alternative aliases, or `"*"`). Timeline events of joined rooms become
 //! [`Inbound`]s through [`to_inbound`]: `m.room.message` with `msgtype` `m.text`, `m.notice` (a
-//! bot's message by Matrix convention: `is_bot`) or `m.emote`. The bot's own events are not
-//! delivered (their ids are remembered for `reply_to_bot`). Skipped with a reason (counted in the
+//! bot's message by Matrix convention: `is_bot`) or `m.emote`. A room is a DM when it is in the
+//! bot's `m.direct` (the SDK marks rooms joined from an `is_direct` invite) and has at most two
+//! members, joined or invited; every other room is a channel. In a room (not a DM), what was
+//! said before the bot joined is not delivered. The bot's own events are not delivered (their
+//! ids are remembered for `reply_to_bot`, which also counts a message in a thread whose root is
+//! the bot's). Skipped with a reason (counted in the
 //! status detail `skipped`, logged with the room and event id): `m.room.encrypted` events
 //! ([`SKIP_ENCRYPTED`]: there is no crypto store), edits (`m.replace`), other msgtypes (files,
 //! images, ...), malformed events, and replies whose parent cannot be looked up
@@ -60,7 +68,8 @@
 //! row ([`MatrixSender::txn_id`]), so the server deduplicates a re-send of the same row by the
 //! same device. Threads and replies go in `m.relates_to`. Typing: `PUT /rooms/{roomId}/typing`
 //! with an 8 s timeout, renewed by the runtime every 4 s during a run; a successful send clears
-//! it at once, and otherwise it expires by itself within 8 s.
+//! it at once, as does [`ChannelSender::typing_stop`] (for a run that ends without a reply, once
+//! the runtime calls it), and otherwise it expires by itself within 8 s.
 //!
 //! `channels.status` details: `homeserver`, `userId`, `deviceId`, `displayName`, `rooms`
 //! (joined), `encryptedRooms`, `e2ee` (always `"unsupported"`), `pendingInvites`, and `skipped`
@@ -1148,9 +1157,18 @@ impl Connection<'_> {
         }
     }
 
-    fn sync_failed(&self, e: matrix_sdk::Error) -> RunError {
+    fn sync_failed(&mut self, e: matrix_sdk::Error) -> RunError {
         match sdk_error("GET /sync", e) {
             ReqError::Unauthorized(m) => self.token_rejected(m),
+            ReqError::Status { status: 400, message, .. } if self.since.is_some() => {
+                // The stored token is not valid on this server (e.g. its database was reset):
+                // retrying it can never work. Start over from now, as after a first login.
+                tracing::warn!(account = %self.account().account_id, error = %message,
+                    "matrix: the homeserver refused the stored sync token; the next attempt starts from now \
+                     and messages sent in between are not answered");
+                self.since = None;
+                self.lost(format!("the stored sync token was refused: {message}"))
+            }
             e => self.lost(e.to_string()),
         }
     }
@@ -1332,8 +1350,13 @@ impl Connection<'_> {
         match readable(&ev) {
             Readable::Ignore => return Flow::Continue,
             Readable::Skip(reason) => {
-                tracing::warn!(account = %account_id, room_id = %room_id, event_id = %ev.event_id, sender = %ev.sender,
-                    reason, "matrix message skipped");
+                if reason == SKIP_ENCRYPTED || reason == SKIP_MALFORMED_EVENT {
+                    tracing::warn!(account = %account_id, room_id = %room_id, event_id = %ev.event_id,
+                        sender = %ev.sender, reason, "matrix message skipped");
+                } else {
+                    tracing::info!(account = %account_id, room_id = %room_id, event_id = %ev.event_id,
+                        sender = %ev.sender, reason, "matrix message skipped");
+                }
                 shared.skip(&self.ctx.status, reason);
                 return Flow::Continue;
             }
@@ -1419,7 +1442,8 @@ impl Connection<'_> {
 /// (400, 403, 404 ...) and a target that is not a room id → fatal.
 ///
 /// [`ChannelSender::typing`]: `PUT /rooms/{roomId}/typing/{userId}` with `typing: true` and an
-/// 8 s timeout (Matrix typing is per room, not per thread).
+/// 8 s timeout (Matrix typing is per room, not per thread); [`ChannelSender::typing_stop`]: the
+/// same with `typing: false` (a successful send clears it too).
 pub struct MatrixSender {
     shared: Arc<Shared>,
 }
@@ -1560,10 +1584,10 @@ impl MatrixSender {
         }
     }
 
-    async fn typing_call(&self, target: &DeliveryTarget) -> Result<(), SendError> {
+    async fn typing_call(&self, target: &DeliveryTarget, on: bool) -> Result<(), SendError> {
         let room_id = Self::room(target)?;
         let session = self.session().await?;
-        self.set_typing(&session, room_id, true).await.map_err(|e| self.failed(&session, e))
+        self.set_typing(&session, room_id, on).await.map_err(|e| self.failed(&session, e))
     }
 }
 
@@ -1589,7 +1613,11 @@ impl ChannelSender for MatrixSender {
     }
 
     fn typing<'a>(&'a self, target: &'a DeliveryTarget) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(self.typing_call(target))
+        Box::pin(self.typing_call(target, true))
+    }
+
+    fn typing_stop<'a>(&'a self, target: &'a DeliveryTarget) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(self.typing_call(target, false))
     }
 }
 

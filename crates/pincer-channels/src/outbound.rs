@@ -91,4 +91,11 @@ pub trait ChannelSender: Send + Sync {
     fn typing<'a>(&'a self, _target: &'a DeliveryTarget) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Clear the typing indicator of `target` at once, for a run that ends without a reply
+    /// (silent, failed, aborted), on platforms where the indicator lasts until it expires
+    /// (Matrix: 8 s). Errors are for logging only. The default does nothing.
+    fn typing_stop<'a>(&'a self, _target: &'a DeliveryTarget) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -193,7 +193,13 @@ fn start_typing(inner: &Arc<Inner>, snap: &crate::snapshot::Snapshot, turn: &Tur
                 tracing::debug!(channel = %target.channel, error = %e, "typing indicator failed");
             }
             tokio::select! {
-                _ = token.cancelled() => return,
+                _ = token.cancelled() => {
+                    // Always cleared when the run ends, reply or not.
+                    if let Err(e) = sender.typing_stop(&target).await {
+                        tracing::debug!(channel = %target.channel, error = %e, "clearing the typing indicator failed");
+                    }
+                    return;
+                }
                 _ = tokio::time::sleep(TYPING_EVERY) => {}
             }
         }

@@ -45,7 +45,8 @@ fn open_file_log(path: &Path) -> std::io::Result<File> {
 /// Install the global subscriber (once, at process start). `file`: also append JSON lines
 /// there (the daemon).
 pub fn init(format: LogFormat, level: Option<&str>, daemon: bool, file: Option<&Path>) {
-    let default = if daemon { "info" } else { "warn" };
+    // The Matrix SDK logs every sync at info; keep its warnings only.
+    let default = if daemon { "info,matrix_sdk=warn,matrix_sdk_base=warn" } else { "warn" };
     let filter = level
         .map(str::to_string)
         .or_else(|| std::env::var("PINCER_LOG").ok())

@@ -675,6 +675,33 @@ async fn after_a_restart_messages_sent_while_down_are_answered_once_and_nothing_
 }
 
 #[tokio::test]
+async fn a_reload_that_changes_only_policy_keeps_the_connection_and_replies_still_go_out() {
+    let mut w = world().await;
+    let d = w.start(&w.config(json!({}))).await;
+    let room = w.room_with_bot("reloads").await;
+    w.cs.say(&w.alice, &room, "pincer-bot: before").await;
+    w.expect_bot_messages(&room, &["echo: before"]).await;
+    let devices = w.cs.devices(&w.bot).await;
+
+    // A policy change: the connection is kept (same attempt), the sender is rebuilt.
+    write_config(w.dir.path(), &w.config(json!({"groups": {"*": {"autoReply": true}}})));
+    d.signal("HUP");
+    let mut ws = d.client().await;
+    tokio::time::timeout(WAIT, async {
+        while ws.request("status", json!({})).await["payload"]["config"]["generation"].as_u64() < Some(2) {}
+    })
+    .await
+    .expect("SIGHUP reloads the config");
+    // No mention needed any more, and the reply goes out through the new sender.
+    w.cs.say(&w.alice, &room, "no mention now").await;
+    w.expect_bot_messages(&room, &["echo: before", "echo: no mention now"]).await;
+    let row = status_row(&d).await;
+    assert_eq!((row["attempts"].as_u64(), row["connected"].as_bool()), (Some(1), Some(true)), "kept: {row}");
+    assert_eq!(w.cs.devices(&w.bot).await, devices, "no new device");
+    w.finish(d).await;
+}
+
+#[tokio::test]
 async fn more_messages_while_down_than_one_sync_batch_holds_are_all_answered_once() {
     let mut w = world().await;
     let mut cfg = w.config(json!({}));
