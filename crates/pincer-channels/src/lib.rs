@@ -9,6 +9,8 @@
 //! in the worker, not here. Restarts and backoff of connections live in the runtime's channel
 //! supervisor, not here.
 
+#[cfg(any(feature = "channel-mattermost", feature = "channel-matrix"))]
+mod cache;
 pub mod catalog;
 #[cfg(feature = "channel-discord")]
 pub mod discord;

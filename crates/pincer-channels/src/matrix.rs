@@ -75,6 +75,7 @@
 //! (joined), `encryptedRooms`, `e2ee` (always `"unsupported"`), `pendingInvites`, and `skipped`
 //! (`{reason: count}`).
 
+use crate::cache::TtlCache;
 use crate::catalog::{AccountProblem, AccountSpec};
 use crate::lifecycle::{AccountContext, AccountRunner, RunError, StatusReporter};
 use crate::outbound::{BoxFuture, ChannelSender, OutboundMessage, Reconciled, SendError, SendReceipt};
@@ -105,7 +106,6 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Channel id of this adapter.
@@ -692,34 +692,6 @@ impl ResumeState {
     fn session_for(&self, account: &ResolvedMatrixAccount) -> Option<&StoredSession> {
         let password = matches!(account.auth, MatrixAuth::Password(_));
         self.session.as_ref().filter(|s| password && s.auth == account.auth.digest())
-    }
-}
-
-/// A bounded map with a time-to-live per entry.
-struct TtlCache<V> {
-    map: HashMap<String, (V, Instant)>,
-    ttl: Duration,
-    cap: usize,
-}
-
-impl<V: Clone> TtlCache<V> {
-    fn new(ttl: Duration, cap: usize) -> Self {
-        TtlCache { map: HashMap::new(), ttl, cap }
-    }
-
-    fn get(&self, key: &str) -> Option<V> {
-        self.map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
-    }
-
-    fn insert(&mut self, key: String, value: V) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
-            let ttl = self.ttl;
-            self.map.retain(|_, (_, at)| at.elapsed() < ttl);
-            if self.map.len() >= self.cap {
-                self.map.clear();
-            }
-        }
-        self.map.insert(key, (value, Instant::now()));
     }
 }
 

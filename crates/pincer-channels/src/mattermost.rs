@@ -63,6 +63,7 @@
 //! `channels.status` details: `botUserId`, `botUsername`, `baseUrl`, `connectionId`, and
 //! `skipped` (`{reason: count}`, e.g. `{"parent_lookup_failed": 1}`).
 
+use crate::cache::TtlCache;
 use crate::catalog::{AccountProblem, AccountSpec};
 use crate::lifecycle::{AccountContext, AccountRunner, RunError};
 use crate::outbound::{BoxFuture, ChannelSender, OutboundMessage, SendError, SendReceipt};
@@ -546,34 +547,6 @@ async fn bounded<T>(
 // ---------------------------------------------------------------------------------------
 // Runner
 // ---------------------------------------------------------------------------------------
-
-/// A bounded map with a time-to-live per entry.
-struct TtlCache<V> {
-    map: HashMap<String, (V, Instant)>,
-    ttl: Duration,
-    cap: usize,
-}
-
-impl<V: Clone> TtlCache<V> {
-    fn new(ttl: Duration, cap: usize) -> Self {
-        TtlCache { map: HashMap::new(), ttl, cap }
-    }
-
-    fn get(&self, key: &str) -> Option<V> {
-        self.map.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
-    }
-
-    fn insert(&mut self, key: String, value: V) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
-            let ttl = self.ttl;
-            self.map.retain(|_, (_, at)| at.elapsed() < ttl);
-            if self.map.len() >= self.cap {
-                self.map.clear();
-            }
-        }
-        self.map.insert(key, (value, Instant::now()));
-    }
-}
 
 /// Resume state saved through [`crate::StatusReporter::save_resume`]: JSON `{"token":
 /// "sha256:…", "baseUrl", "connectionId", "sequenceNumber"}`, where `sequenceNumber` is the
@@ -1544,19 +1517,6 @@ mod tests {
             app_error_message("POST /api/v4/posts", 400, r#"{"id":"api.post.create_post.root_id.app_error","message":"Invalid RootId parameter.","status_code":400}"#),
             "POST /api/v4/posts: Mattermost answered HTTP 400: Invalid RootId parameter. (api.post.create_post.root_id.app_error)"
         );
-    }
-
-    #[test]
-    fn ttl_cache_expires_and_stays_bounded() {
-        let mut c = TtlCache::new(Duration::from_secs(60), 3);
-        for i in 0..5 {
-            c.insert(format!("k{i}"), i);
-        }
-        assert!(c.map.len() <= 3);
-        assert_eq!(c.get("k4"), Some(4));
-        let mut z = TtlCache::new(Duration::ZERO, 3);
-        z.insert("a".into(), 1);
-        assert_eq!(z.get("a"), None, "expired");
     }
 
     fn config(text: &str) -> Config {
